@@ -1,0 +1,3 @@
+"""confagg: confidence-aware aggregation of sampled math solutions."""
+
+__version__ = "0.1.0"

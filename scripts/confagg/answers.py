@@ -1,0 +1,50 @@
+"""Final-answer extraction from a model's solution text.
+
+The answer is the content of the *last* ``\\boxed{...}`` (or ``\\fbox{...}``) in the part of the
+text after the last ``</think>`` (the whole text when there is none). Braces nest:
+``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``. A box that never closes (a truncated sample)
+gives no answer. Plain string scanning only: model output is never evaluated.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+THINK_END = "</think>"
+
+
+def after_think(text: str) -> str:
+    """The part of ``text`` after the last ``</think>`` (all of it when there is none)."""
+    cut = text.rfind(THINK_END)
+    return text if cut < 0 else text[cut + len(THINK_END) :]
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """Content of the brace group whose ``{`` is at ``start - 1``; None when it never closes."""
+    depth = 1
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":  # an escaped brace (\{ or \}) does not open or close a group
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+        i += 1
+    return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """The stripped content of the last complete ``\\boxed{}`` after ``</think>``, else None."""
+    body = after_think(text)
+    for match in reversed(list(_BOX.finditer(body))):
+        content = _balanced(body, match.end())
+        if content is not None:
+            content = content.strip()
+            return content or None
+    return None

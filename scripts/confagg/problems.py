@@ -1,0 +1,212 @@
+"""Problem sets: load ``{id, problem, answer}`` records from any configured source, check them,
+and write the normalised JSONL every later stage reads.
+
+Sources (config ``source:``): ``{path: file.jsonl|file.parquet}``, ``{hub: dataset-id, split:,
+subset:}`` (Hugging Face datasets, run on the login node by a local rule), ``{url: ...}`` or
+``{demo: {n:, seed:}}`` (generated arithmetic problems with exact answers for the CPU demo).
+``fields:`` maps the source's column names onto ``id``/``problem``/``answer``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from confagg.tables import atomic_path
+
+FIELDS = ("id", "problem", "answer")
+
+
+class ProblemFileError(ValueError):
+    """A problem file that cannot be used; the message names the file and line."""
+
+
+def _check_records(
+    records: Iterable[tuple[str, Mapping]], fields: Mapping[str, str], origin: str
+) -> list[dict]:
+    """Map field names, check every record, return ``[{id, problem, answer}]``.
+
+    ``records`` yields (location, record) pairs, location being e.g. ``file.jsonl:12``.
+    ``fields`` maps our names to the source's; an ``id`` field mapped to null means "use the
+    row number".
+    """
+    out: list[dict] = []
+    seen: dict[str, str] = {}
+    for where, rec in records:
+        if not isinstance(rec, Mapping):
+            raise ProblemFileError(
+                f"{where}: expected a JSON object with fields "
+                f"{list(fields.values())}, got {type(rec).__name__}"
+            )
+        row = {}
+        for ours in FIELDS:
+            theirs = fields.get(ours, ours)
+            if ours == "id" and theirs is None:
+                value = f"{len(out):05d}"
+            elif theirs not in rec or rec[theirs] is None:
+                raise ProblemFileError(
+                    f"{where}: missing field {theirs!r} (mapped to {ours!r}); "
+                    f"the record has {sorted(rec)}"
+                )
+            else:
+                value = rec[theirs]
+            value = str(value).strip()
+            if not value:
+                raise ProblemFileError(f"{where}: field {theirs!r} is empty")
+            row[ours] = value
+        if row["id"] in seen:
+            raise ProblemFileError(
+                f"{where}: duplicate problem id {row['id']!r} (first at {seen[row['id']]})"
+            )
+        seen[row["id"]] = where
+        out.append(row)
+    if not out:
+        raise ProblemFileError(f"{origin}: no problems (the file is empty)")
+    return out
+
+
+def _jsonl_records(path: Path):
+    data = path.read_bytes()
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ProblemFileError(
+                f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ProblemFileError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+
+
+def _table_records(rows: Iterable[Mapping], origin: str):
+    for i, rec in enumerate(rows):
+        yield f"{origin} row {i}", rec
+
+
+def load_file(path: str | Path, fields: Mapping[str, str] | None = None) -> list[dict]:
+    """Problems from a local JSONL or parquet file."""
+    path = Path(path)
+    fields = fields or {}
+    if not path.is_file():
+        raise ProblemFileError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        return _check_records(_table_records(rows, str(path)), fields, str(path))
+    return _check_records(_jsonl_records(path), fields, str(path))
+
+
+def load_hub(
+    dataset: str, split: str, subset: str | None, fields: Mapping[str, str] | None = None
+) -> list[dict]:
+    """Problems from a Hugging Face dataset (needs network: a local rule on the login node)."""
+    import datasets
+
+    ds = datasets.load_dataset(dataset, subset, split=split)
+    origin = f"{dataset}[{split}]"
+    return _check_records(_table_records(ds, origin), fields or {}, origin)
+
+
+def load_url(url: str, dest: Path, fields: Mapping[str, str] | None = None) -> list[dict]:
+    """Problems from a JSONL/parquet file at a URL (downloaded to ``dest`` first)."""
+    import urllib.request
+
+    suffix = ".parquet" if url.split("?")[0].endswith(".parquet") else ".jsonl"
+    target = dest.with_suffix(suffix)
+    with atomic_path(target) as tmp, urllib.request.urlopen(url, timeout=120) as r:
+        tmp.write_bytes(r.read())
+    return load_file(target, fields)
+
+
+def demo_problems(n: int, seed: int) -> list[dict]:
+    """Seeded arithmetic word problems with exact integer answers, for the CPU demo.
+
+    A mix of easy and harder forms so that a 135M model gets some right and some wrong,
+    which is what confidence scores and aggregation need to have anything to say.
+    """
+    rng = random.Random(seed)
+    names = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana"]
+    things = ["apples", "books", "coins", "marbles", "pens", "stamps"]
+    out = []
+    for i in range(n):
+        kind = i % 4
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        if kind == 0:
+            problem, answer = f"What is {a} + {b}?", a + b
+        elif kind == 1:
+            a, b = rng.randint(11, 49), rng.randint(11, 49)
+            problem, answer = f"What is {a} + {b}?", a + b
+        elif kind == 2:
+            problem, answer = f"What is {a} times {b}?", a * b
+        else:
+            who, what = rng.choice(names), rng.choice(things)
+            c = rng.randint(1, a)
+            problem = (
+                f"{who} has {a + b} {what} and gives away {c}. How many {what} does {who} have now?"
+            )
+            answer = a + b - c
+        out.append({"id": f"demo-{seed}-{i:04d}", "problem": problem, "answer": str(answer)})
+    return out
+
+
+def load_source(source: Mapping, fields: Mapping[str, str] | None, dest: Path) -> list[dict]:
+    """Problems from one configured ``source`` mapping (see the module docstring)."""
+    if "path" in source:
+        return load_file(source["path"], fields)
+    if "hub" in source:
+        return load_hub(source["hub"], source.get("split", "test"), source.get("subset"), fields)
+    if "url" in source:
+        return load_url(source["url"], dest.with_name(dest.stem + ".download"), fields)
+    if "demo" in source:
+        return demo_problems(source["demo"]["n"], source["demo"]["seed"])
+    raise ProblemFileError(f"unknown source {dict(source)}: expected path, hub, url or demo")
+
+
+def write_problems(problems: list[dict], path: str | Path) -> None:
+    """Write the normalised problem set as JSONL, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps({k: p[k] for k in FIELDS}, ensure_ascii=False) + "\n")
+
+
+def read_problems(path: str | Path) -> list[dict]:
+    """Read a normalised problem set (as written by ``write_problems``)."""
+    return load_file(path)
+
+
+def shard_of(problems: list[dict], shard: int, shards: int) -> list[dict]:
+    """The ``shard``-th of ``shards`` contiguous, near-equal slices of ``problems``."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
+    n = len(problems)
+    return problems[shard * n // shards : (shard + 1) * n // shards]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m confagg.problems --source JSON --fields JSON --limit N OUT``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--source", required=True, help="the config's source mapping, as JSON")
+    ap.add_argument("--fields", default="{}", help="field-name mapping, as JSON")
+    ap.add_argument("--limit", type=int, default=None, help="keep the first N problems")
+    ap.add_argument("out")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    problems = load_source(json.loads(args.source), json.loads(args.fields), out)
+    if args.limit:
+        problems = problems[: args.limit]
+    write_problems(problems, out)
+    print(f"wrote {len(problems)} problems to {out}")
+
+
+if __name__ == "__main__":
+    main()

