@@ -62,3 +62,39 @@ def test_full_scale_dry_run_with_slurm_profile(workdir):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _job_counts(proc.stdout)["sample_shard"] == 88
+
+
+def _jobs(stdout: str) -> list[tuple[str, str]]:
+    """(rule, wildcards line) of every job a dry-run lists."""
+    jobs, rule = [], None
+    for line in stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+            jobs.append((rule, ""))
+        elif line.strip().startswith("wildcards:") and jobs:
+            jobs[-1] = (rule, line.strip())
+    return jobs
+
+
+def test_one_benchmark_report_schedules_nothing_of_the_others(workdir):
+    others = ("aime24", "hmmt24", "hmmt25")
+    for target in ("report_aime25", "results/qwen3-1.7b/reports/aime25/report.html"):
+        proc = subprocess.run(
+            [str(BIN / "snakemake"), "-n", "--snakefile", str(REPO / "workflow/Snakefile"), target],
+            cwd=workdir,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        jobs = _jobs(proc.stdout)
+        rules = {r for r, _ in jobs}
+        assert {"report_benchmark", "evaluate_seed", "sample_shard", "train_aggregator"} <= rules
+        assert "summarize_results" not in rules
+        for rule, wildcards in jobs:
+            # the training data's contamination guard reads every benchmark's problems
+            if rule != "prepare_problems":
+                assert not any(f"={o}," in wildcards + "," for o in others), (rule, wildcards)
+        evals = [w for r, w in jobs if r == "evaluate_seed"]
+        assert len(evals) == 3 and all("benchmark=aime25" in w for w in evals)

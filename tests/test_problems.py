@@ -84,3 +84,25 @@ def test_shared_benchmarks_load():
     for name in ("aime24", "aime25", "hmmt24", "hmmt25", "brumo25"):
         problems = load_file(SHARED_DATA / "benchmarks" / f"{name}.jsonl")
         assert len(problems) == 30
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        (
+            {"id": ["a", "a"], "problem": ["x", "y"], "answer": ["1", "2"]},
+            r"p\.parquet row 1: duplicate problem id 'a' \(first at .*p\.parquet row 0\)",
+        ),
+        ({"id": ["a", "b"], "problem": ["x", "y"], "answer": ["1", None]}, r"p\.parquet row 1"),
+        ({"id": ["a"], "problem": ["x"], "answer": ["  "]}, r"row 0: field 'answer' is empty"),
+        ({"id": [], "problem": [], "answer": []}, r"p\.parquet: no problems"),
+    ],
+)
+def test_bad_parquet_files_name_file_and_row(tmp_path, columns, message):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()}), path)
+    with pytest.raises(ProblemFileError, match=message):
+        load_file(path)

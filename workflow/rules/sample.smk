@@ -11,6 +11,8 @@ rule sample_shard:
     params:
         shards=lambda wc: num_shards(wc.dataset),
         settings=sample_settings,
+    conda:
+        "../../envs/vllm.yaml"
     log:
         f"{LOGS}/sample_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
     benchmark:
@@ -36,6 +38,8 @@ rule score_shard:
     params:
         window=config["confidence"]["window"],
         tail_tokens=config["confidence"]["tail_tokens"],
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/score_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
     threads: 1

@@ -1,0 +1,299 @@
+"""Aggregation methods and their metrics: pure, vectorised numpy over sets of candidates.
+
+A *set* is ``k`` candidate solutions of one problem. Set-level functions take arrays of shape
+``(n_sets, k)`` (one row per set; a 1-D array is one set) holding, per candidate:
+
+* ``keys``: the answer's equivalence id, an int code with ``-1`` for "no answer" (strings or
+  ``None`` are accepted too and coded with :func:`answer_codes`). Two candidates vote for the same
+  answer exactly when their keys are equal: callers pass the verifier's canonical answer, or
+  group raw answers with :func:`normalise_answer`.
+* ``conf``: one DeepConf confidence metric (``confagg.confidence.METRICS``), higher = more
+  confident, non-negative (``C_i = -mean(top-k logprobs) >= 0``); NaN counts as weight 0 and
+  ranks last.
+
+A method returns, per set, the *position* (column) of the candidate whose answer it picks, or
+``-1`` when it picks nothing; :func:`picked_correct` turns that into right/wrong.
+
+Rules shared by every method (one rule everywhere, so the methods differ only in the weights):
+
+* A candidate without an answer never votes and is never picked; a set whose candidates have no
+  answer at all picks nothing and counts as wrong.
+* **Tie rule.** Votes: the answer with the highest total wins; among answers with equal totals,
+  the one whose earliest candidate sits first in the set wins. Ranking by confidence (filtering,
+  best-of-k): higher confidence first, equal confidences in set order. Sets are built in
+  ascending sample index (:func:`disjoint_sets`), so "first in the set" means "lowest sample
+  index". Confidence never breaks a tie in plain majority voting: that baseline stays free of
+  the signal it is compared against.
+* **DeepConf filtering** keeps, of the ``n`` answered candidates of a set, the
+  ``keep = 1 + floor(eta/100 * (n - 1))`` most confident (so at least 1, at most ``n``), then
+  votes weighted by confidence. That is the number of traces at or above the ``(100 - eta)``-th
+  percentile (linear interpolation) of the set's confidences, the threshold DeepConf's reference
+  code uses, when the confidences are distinct; we keep exactly ``keep`` (ties at the cut in set
+  order) where that code would keep every tied trace. Examples: eta = 10 keeps 1 of 8 and 13 of
+  128; eta = 90 keeps 7 of 8 and 115 of 128.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+NO_ANSWER = -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers
+
+
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+")
+_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\{([^{}]*)\}")
+_INTEGER = re.compile(r"[+-]?\d+(?:\.0*)?")
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+")
+
+
+def normalise_answer(answer: str | None) -> str | None:
+    """A light canonical string for grouping answers when no verifier key is available.
+
+    Drops surrounding ``$``, spacing commands, ``\\left``/``\\right`` and whitespace, a trailing
+    period, and ``\\text{}``-like wrappers; ``\\dfrac``/``\\tfrac`` become ``\\frac``; integers lose
+    leading zeros, thousands separators and a ``.0`` (AIME's ``025`` is ``25``). ``None`` or an
+    empty answer gives ``None``. Not a verifier: ``1/2`` and ``\\frac{1}{2}`` stay different.
+    """
+    if answer is None or (isinstance(answer, float) and np.isnan(answer)):
+        return None
+    s = str(answer).strip().rstrip(".").strip().strip("$")
+    s = _TEXT_WRAP.sub(r"\1", s)
+    s = _LATEX_NOISE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.rstrip(".")
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    if _INTEGER.fullmatch(s):
+        s = str(int(s.split(".")[0]))
+    return s or None
+
+
+def answer_codes(keys) -> np.ndarray:
+    """Int codes (same shape as ``keys``) equal exactly where the keys are equal; ``None``/NaN
+    give ``NO_ANSWER`` (-1). Int input is returned as int64 unchanged (negative = no answer)."""
+    arr = np.asarray(keys)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    codes, _ = pd.factorize(pd.Series(arr.ravel(), dtype=object), use_na_sentinel=True)
+    return codes.astype(np.int64).reshape(arr.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# pass@k
+
+
+def pass_at_k(n, c, k: int):
+    """Unbiased pass@k (Chen et al. 2021): ``1 - C(n-c, k) / C(n, k)``, vectorised over problems.
+
+    ``n`` samples of which ``c`` are correct (scalars or arrays). Computed as
+    ``1 - prod_{i=n-c+1}^{n} (1 - k/i)``: a product of at most n factors, no huge binomials.
+    It is exactly 0 when ``c = 0`` and exactly 1 when ``n - c < k`` (every k-subset holds a correct
+    sample: ``c = n``, or ``k = n`` with ``c > 0``). Undefined for ``k > n``: NaN there, so one
+    call covers problems with different ``n``. Raises ValueError for ``k < 1`` or ``c`` outside
+    ``[0, n]``.
+    """
+    n_arr, c_arr = np.broadcast_arrays(np.asarray(n, np.int64), np.asarray(c, np.int64))
+    if k < 1:
+        raise ValueError(f"pass@k needs k >= 1, got {k}")
+    if np.any(c_arr < 0) or np.any(c_arr > n_arr):
+        raise ValueError("pass@k needs 0 <= c <= n")
+    nf, cf = n_arr.ravel(), c_arr.ravel()
+    i = np.arange(1, int(nf.max(initial=0)) + 1)
+    # factors for i in (n - c, n]; when n - c < k that range holds i = k, whose factor is 0
+    inside = (i > (nf - cf)[:, None]) & (i <= nf[:, None])
+    fail = np.where(inside, 1.0 - k / i, 1.0).prod(axis=1)
+    out = np.where(k > nf, np.nan, 1.0 - fail).reshape(n_arr.shape)
+    return float(out) if out.ndim == 0 else out
+
+
+def pass_at_1(correct) -> float:
+    """pass@1: the mean correctness of the samples (equal to :func:`pass_at_k` with k = 1)."""
+    return float(np.mean(np.asarray(correct, dtype=bool)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sets
+
+
+def disjoint_sets(n: int, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Positions ``(n // k, k)`` splitting ``n`` samples into disjoint sets of ``k``.
+
+    Consecutive samples by default (samples are i.i.d., so this is already a random split and it
+    matches sets built elsewhere in the same order); with ``rng``, a random permutation first.
+    Each row is ascending, so a set's order is sample order. The ``n % k`` leftovers are unused.
+    """
+    if k < 1:
+        raise ValueError(f"set size k must be >= 1, got {k}")
+    s = n // k
+    idx = np.arange(n) if rng is None else rng.permutation(n)
+    return np.sort(idx[: s * k].reshape(s, k), axis=1)
+
+
+def _batch(keys, *arrays):
+    """Promote one set (1-D) to a batch of one; code keys; check shapes."""
+    k_arr = answer_codes(keys)
+    single = k_arr.ndim == 1
+    k_arr = np.atleast_2d(k_arr)
+    out = [k_arr]
+    for array in arrays:
+        a = np.atleast_2d(np.asarray(array, dtype=np.float64))
+        if a.shape != k_arr.shape:
+            raise ValueError(f"shape {a.shape} does not match keys {k_arr.shape}")
+        out.append(a)
+    return single, out
+
+
+def _weights(conf: np.ndarray) -> np.ndarray:
+    if np.any(conf < 0):
+        raise ValueError("confidence weights must be >= 0 (higher = more confident)")
+    return np.nan_to_num(conf, nan=0.0)
+
+
+def _vote(keys: np.ndarray, weights: np.ndarray, voters: np.ndarray) -> np.ndarray:
+    """Winner position per set of a vote where ``voters`` cast ``weights`` for their key.
+
+    Groups every (set, key) pair at once; the winner is the highest total, ties to the group
+    whose first candidate comes first. Returns the position of that first candidate, or -1.
+    """
+    n_sets, k = keys.shape
+    winners = np.full(n_sets, NO_ANSWER, dtype=np.int64)
+    flat = np.flatnonzero(voters.ravel())
+    if flat.size == 0:
+        return winners
+    rows = flat // k
+    _, key_ids = np.unique(keys.ravel()[flat], return_inverse=True)
+    group = rows * (int(key_ids.max()) + 1) + key_ids
+    # ``first`` indexes the earliest candidate of each group, as ``flat`` is ascending
+    _, first, inverse = np.unique(group, return_index=True, return_inverse=True)
+    totals = np.bincount(inverse, weights=weights.ravel()[flat], minlength=first.size)
+    g_rows = rows[first]
+    g_pos = flat[first]
+    order = np.lexsort((g_pos, -totals, g_rows))
+    sorted_rows = g_rows[order]
+    head = np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]
+    winners[sorted_rows[head]] = g_pos[order[head]] % k
+    return winners
+
+
+def _unpack(single: bool, winners: np.ndarray):
+    return int(winners[0]) if single else winners
+
+
+def majority_vote(keys):
+    """maj: the most frequent answer of each set (ties: the answer seen first in the set)."""
+    single, (k_arr,) = _batch(keys)
+    voters = k_arr >= 0
+    return _unpack(single, _vote(k_arr, voters.astype(np.float64), voters))
+
+
+def weighted_vote(keys, conf):
+    """Confidence-weighted vote: ``V(a) = sum of conf over candidates answering a``."""
+    single, (k_arr, c_arr) = _batch(keys, conf)
+    return _unpack(single, _vote(k_arr, _weights(c_arr), k_arr >= 0))
+
+
+def keep_count(n_answered, eta: float):
+    """How many of ``n_answered`` candidates DeepConf filtering at ``eta`` % keeps:
+    ``1 + floor(eta/100 * (n - 1))`` (0 when none answered). See the module docstring."""
+    if not 0 < eta <= 100:
+        raise ValueError(f"eta must be in (0, 100], got {eta}")
+    n = np.asarray(n_answered, dtype=np.int64)
+    keep = np.where(n > 0, 1 + np.floor(eta * (n - 1) / 100).astype(np.int64), 0)
+    return int(keep) if keep.ndim == 0 else keep
+
+
+def confidence_rank(keys, conf) -> np.ndarray:
+    """Rank (0 = most confident) of each candidate within its set: answered candidates first,
+    then by confidence descending (NaN last), ties in set order."""
+    single, (k_arr, c_arr) = _batch(keys, conf)
+    n_sets, k = k_arr.shape
+    pos = np.broadcast_to(np.arange(k), (n_sets, k))
+    score = np.where(np.isnan(c_arr), -np.inf, c_arr)
+    order = np.lexsort((pos, -score, k_arr < 0), axis=-1)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, pos, axis=1)
+    return ranks[0] if single else ranks
+
+
+def filtered_vote(keys, conf, eta: float):
+    """DeepConf filtering: keep the top ``eta`` % of answered candidates by confidence
+    (:func:`keep_count`), then a confidence-weighted vote among them."""
+    single, (k_arr, c_arr) = _batch(keys, conf)
+    answered = k_arr >= 0
+    keep = keep_count(answered.sum(axis=1), eta)
+    kept = answered & (confidence_rank(k_arr, c_arr) < keep[:, None])
+    return _unpack(single, _vote(k_arr, _weights(c_arr), kept))
+
+
+def best_of(keys, conf):
+    """Best-of-k by confidence: the answer of the single most confident answered candidate."""
+    single, (k_arr, c_arr) = _batch(keys, conf)
+    _weights(c_arr)  # same input check as the votes
+    ranks = confidence_rank(k_arr, c_arr)
+    top = np.argmin(ranks, axis=1)
+    top = np.where((k_arr >= 0).any(axis=1), top, NO_ANSWER)
+    return _unpack(single, top)
+
+
+def picked_correct(winners, correct) -> np.ndarray:
+    """Whether each set's pick is correct: ``correct[set, winner]``; a pick of -1 is wrong.
+
+    The winner is the first candidate of the winning answer, so when equal keys disagree on
+    correctness (a key coarser than the verifier) that candidate's verdict counts."""
+    correct = np.atleast_2d(np.asarray(correct, dtype=bool))
+    w = np.atleast_1d(np.asarray(winners, dtype=np.int64))
+    got = np.take_along_axis(correct, np.maximum(w, 0)[:, None], axis=1)[:, 0]
+    return got & (w >= 0)
+
+
+def maj_at_k(keys, correct, k: int, rng: np.random.Generator | None = None) -> float:
+    """maj@k of one problem: majority-vote accuracy averaged over its ``n // k`` disjoint sets of
+    ``k`` samples (:func:`disjoint_sets`). NaN when ``k > n``."""
+    keys = answer_codes(keys)
+    sets = disjoint_sets(len(keys), k, rng)
+    if len(sets) == 0:
+        return float("nan")
+    correct = np.asarray(correct, dtype=bool)
+    return float(picked_correct(majority_vote(keys[sets]), correct[sets]).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# AUROC
+
+
+def average_ranks(x) -> np.ndarray:
+    """1-based ranks of ``x`` with tied values sharing their average rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.r_[True, xs[1:] != xs[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranks
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve of ``scores`` for predicting ``labels`` (True = positive).
+
+    Rank-based (Mann-Whitney U / (P N)): the probability that a random positive scores above a
+    random negative, a tie counting one half. NaN scores are dropped; NaN when only one class
+    remains.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    keep = ~np.isnan(s)
+    s, y = s[keep], y[keep]
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = average_ranks(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

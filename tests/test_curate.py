@@ -1,0 +1,319 @@
+"""AggLM set curation on small tables made here: the majority rule, hard/easy selection, the
+split by problem, seeding, the contamination guard, the drop options and the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from confagg import curate as c
+from confagg.confidence import METRICS
+from confagg.problems import write_problems
+from confagg.tables import GRADES, SAMPLES, SCORES, SETS, read_table, write_table
+
+
+def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
+    """Problems ``p00..`` with gold ``100 + i``; problem i has about ``i % (samples + 1)``
+    correct samples, the others answer ``gold + 1`` or ``gold + 2`` or nothing (cut by the
+    length limit). Returns (problems, samples, scores, grades paths)."""
+    rng = random.Random(seed)
+    pool = [
+        {"id": f"p{i:02d}", "problem": f"Problem {i}: what is {100 + i}?", "answer": str(100 + i)}
+        for i in range(problems)
+    ]
+    rows = []
+    for i, p in enumerate(pool):
+        gold = int(p["answer"])
+        n_correct = i % (samples + 1)
+        for j in range(samples):
+            if j < n_correct:
+                answer, status = rng.choice([str(gold), f"0{gold}"]), "correct"
+            elif rng.random() < 0.15:
+                answer, status = None, "no_answer"
+            else:
+                answer, status = str(gold + rng.choice([1, 1, 2])), "incorrect"
+            rows.append((p["id"], j, answer, status))
+    rng.shuffle(rows)  # shards need not be sorted
+    paths = {"samples": [], "scores": [], "grades": []}
+    for s in range(shards):
+        part = rows[s::shards]
+        n = len(part)
+        ids, idx = [r[0] for r in part], [r[1] for r in part]
+        texts = [
+            f"<think>idea {r[1]}</think>So \\boxed{{{r[2]}}}." if r[2] else "<think>long..."
+            for r in part
+        ]
+        samples_t = pa.table(
+            {
+                "problem_id": ids,
+                "sample_idx": idx,
+                "text": texts,
+                "answer": [r[2] for r in part],
+                "num_tokens": [10 + r[1] for r in part],
+                "finish_reason": ["stop" if r[2] else "length" for r in part],
+                "token_confidence": pa.array([np.ones(2, np.float16)] * n, pa.list_(pa.float16())),
+            },
+            schema=SAMPLES,
+        )
+        scores_t = pa.table(
+            {
+                "problem_id": ids,
+                "sample_idx": idx,
+                **{m: [rng.random() for _ in part] for m in METRICS},
+            },
+            schema=SCORES,
+        )
+        grades_t = pa.table(
+            {
+                "problem_id": ids,
+                "sample_idx": idx,
+                "correct": [r[3] == "correct" for r in part],
+                "status": [r[3] for r in part],
+            },
+            schema=GRADES,
+        )
+        for step, table, schema in (
+            ("samples", samples_t, SAMPLES),
+            ("scores", scores_t, SCORES),
+            ("grades", grades_t, GRADES),
+        ):
+            path = tmp_path / step / f"shard{s}.parquet"
+            write_table(table, path, schema)
+            paths[step].append(str(path))
+    write_problems(pool, tmp_path / "pool.jsonl")
+    return pool, paths["samples"], paths["scores"], paths["grades"]
+
+
+def run(tmp_path, pool_paths, settings=None, benchmarks=(), run_seed=0):
+    """The curate CLI in-process; (train rows, val rows, summary)."""
+    _, samples, scores, grades = pool_paths
+    out = tmp_path / "curated"
+    c.main(
+        ["--problems", str(tmp_path / "pool.jsonl"), "--samples", *samples, "--scores", *scores,
+         "--grades", *grades, "--benchmarks", *map(str, benchmarks),
+         "--settings", json.dumps(settings or {}), "--run-seed", str(run_seed),
+         "--train", str(out / "train.parquet"), "--val", str(out / "val.parquet"),
+         "--summary", str(out / "summary.json")]
+    )  # fmt: skip
+    return (
+        read_table(out / "train.parquet", SETS).to_pylist(),
+        read_table(out / "val.parquet", SETS).to_pylist(),
+        json.loads((out / "summary.json").read_text()),
+    )
+
+
+# ------------------------------------------------------------------- majority rule
+
+
+@pytest.mark.parametrize(
+    "answers, correct, hard, shown",
+    [
+        (["1", "1", "2"], [True, True, False], False, "1"),
+        (["2", "2", "1"], [False, False, True], True, "2"),
+        (["1", "2"], [True, False], True, "2"),  # a tie is hard
+        (["3", "4", "1"], [False, False, True], True, "3"),  # 1-1-1: a tie
+        (["0.5", "\\frac12", "3"], [True, True, False], False, "0.5"),  # gold votes together
+        (["3", " 3", "1", "1"], [False, False, True, True], True, "3"),  # 2-2 after strip
+        ([None, None, "1"], [False, False, True], False, "1"),  # no answer abstains
+        ([None, None], [False, False], True, None),  # nothing to vote for
+        (["7", "8", "9", "1", "1"], [False, False, False, True, True], False, "1"),  # plurality
+    ],
+)
+def test_majority_rule(answers, correct, hard, shown):
+    assert c.majority(answers, correct) == (hard, shown)
+
+
+# --------------------------------------------------------------------- selection
+
+
+def _sets(spec):
+    """``{problem: [set, ...]}`` from ``{problem: (hard count, easy count)}``."""
+    return {
+        p: [{"set_id": f"{p}/{j}", "hard": j < h} for j in range(h + e)]
+        for p, (h, e) in spec.items()
+    }
+
+
+@pytest.mark.parametrize("ratio, expected_easy", [(0, 0), (0.5, 5), (1, 9), (2, 18), (5, 20)])
+def test_all_hard_sets_plus_easy_ratio(ratio, expected_easy):
+    spec = {f"q{i}": (i % 3, 4) for i in range(5)}  # 0+1+2+0+1 = 4 hard, 20 easy
+    spec.update({"hard_only": (5, 0)})  # 9 hard in all
+    sets = _sets(spec)
+    kept, counts = c.select_sets(sets, list(sets), ratio, seed=1)
+    hard = [s for s in kept if s["hard"]]
+    assert len(hard) == counts["hard"] == 9  # every hard set
+    assert counts["easy"] == expected_easy == sum(not s["hard"] for s in kept)  # round(p * 9)
+    assert counts["easy_available"] == 20
+
+
+def test_easy_sets_spread_over_as_many_problems_as_possible():
+    spec = {"h": (6, 0), **{f"e{i}": (0, 4) for i in range(5)}}
+    sets = _sets(spec)
+    kept, counts = c.select_sets(sets, list(sets), 0.5, seed=2)  # 3 easy of 5 problems
+    easy_problems = [s["set_id"].split("/")[0] for s in kept if not s["hard"]]
+    assert len(easy_problems) == len(set(easy_problems)) == counts["problems_with_easy"] == 3
+    kept, counts = c.select_sets(sets, list(sets), 7 / 6, seed=2)  # 7 easy of 5 problems
+    per_problem = np.unique([s["set_id"].split("/")[0] for s in kept if not s["hard"]],
+                            return_counts=True)[1]  # fmt: skip
+    assert counts["problems_with_easy"] == 5 and sorted(per_problem) == [1, 1, 1, 2, 2]
+
+
+def test_split_is_by_problem_seeded_and_near_the_fraction():
+    ids = [f"p{i:03d}" for i in range(100)]
+    train, val = c.split_problems(ids, 0.2, seed=5)
+    assert len(val) == 20 and not set(train) & set(val) and sorted(train + val) == ids
+    assert c.split_problems(ids, 0.2, seed=5) == (train, val)
+    assert c.split_problems(ids, 0.2, seed=6) != (train, val)
+    assert c.split_problems(ids[:3], 0.2, seed=5)[1]  # at least one problem to validation
+    assert c.split_problems(ids[:1], 0.2, seed=5) == (ids[:1], [])
+
+
+# ------------------------------------------------------------------- contamination
+
+
+def test_problem_key_ignores_formatting_only():
+    assert c.problem_key("Find $x$ if  $\\dfrac{x}{2} = 3$.") == c.problem_key(
+        "find x if \\frac{x}{2}=3."
+    )
+    assert c.problem_key("What is \\left( 1+2 \\right)?") == c.problem_key("What is (1+2)?")
+    assert c.problem_key("What is 12 + 34?") != c.problem_key("What is 1 + 234?")
+    assert c.problem_key("What is 3 + 5?") != c.problem_key("What is 5 + 3?")
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+def test_curate_end_to_end(tmp_path):
+    pool_paths = make_pool(tmp_path)
+    settings = {"sets_per_problem": 6, "set_size": 4, "easy_ratio": 0.5, "val_fraction": 0.2}
+    train, val, summary = run(tmp_path, pool_paths, settings)
+    pool = {p["id"]: p for p in pool_paths[0]}
+
+    train_ids = {s["problem_id"] for s in train}
+    val_ids = {s["problem_id"] for s in val}
+    assert train_ids and val_ids and not train_ids & val_ids  # split by problem
+    assert summary["problems"]["with_sets"] == 20
+    assert summary["problems"]["val"] == 4 and summary["problems"]["train"] == 16
+
+    for split, rows in (("train", train), ("val", val)):
+        counts = summary["sets"][split]
+        hard = sum(s["hard"] for s in rows)
+        assert hard == counts["hard"]
+        assert (
+            len(rows) - hard
+            == counts["easy"]
+            == min(int(0.5 * hard + 0.5), counts["easy_available"])
+        )
+    assert summary["sets"]["built"]["hard"] + summary["sets"]["built"]["easy"] == 20 * 6
+    assert (
+        summary["sets"]["built"]["hard"]
+        == summary["sets"]["train"]["hard"] + summary["sets"]["val"]["hard"]
+    )  # every hard set is kept
+
+    for s in train + val:
+        p = pool[s["problem_id"]]
+        assert s["set_id"].startswith(p["id"] + "/")
+        assert s["problem"] == p["problem"] and s["gold"] == p["answer"]
+        cands = s["candidates"]
+        assert len(cands) == 4 and len({x["sample_idx"] for x in cands}) == 4  # no repeats
+        for x in cands:
+            if x["answer"] is not None:  # the part after </think>
+                assert x["text"] == f"So \\boxed{{{x['answer']}}}."
+            else:  # thinking cut by the length limit: no </think>, the text as it is
+                assert x["text"] == "<think>long..."
+            assert x["num_tokens"] == 10 + x["sample_idx"]
+            assert all(0 <= x[m] <= 1 for m in METRICS)
+        correct = [x["correct"] for x in cands]
+        assert s["hard"] == c.majority([x["answer"] for x in cands], correct)[0]
+        assert s["hard"] == (sum(correct) <= max(
+            [sum(1 for x in cands if x["answer"] == a and not x["correct"]) for a in
+             {x["answer"] for x in cands if x["answer"] and not x["correct"]}] or [0]
+        ))  # fmt: skip
+
+    # problem i has i % 9 correct samples of 8: all-wrong problems give only hard sets
+    assert all(s["hard"] for s in train + val if s["problem_id"] in ("p00", "p09"))
+    assert not any(s["hard"] for s in train + val if s["problem_id"] in ("p08", "p17"))
+    acc = summary["accuracy"]
+    assert acc["problems"] == 20 and acc["all_wrong"] == 3 and acc["all_correct"] == 2
+    assert sum(acc["histogram"].values()) == 20
+    assert summary["samples"]["total"] == 160
+    assert summary["samples"]["dropped"]["total"] == 0
+    assert summary["samples"]["no_answer"] == summary["samples"]["truncated"] > 0
+
+
+def test_same_seed_same_sets_other_seed_other_sets(tmp_path):
+    pool_paths = make_pool(tmp_path)
+    settings = {"sets_per_problem": 4, "set_size": 3}
+    first = run(tmp_path, pool_paths, settings, run_seed=1)
+    again = run(tmp_path, pool_paths, settings, run_seed=1)
+    assert first[:2] == again[:2]
+    other = run(tmp_path, pool_paths, settings, run_seed=2)
+    assert other[:2] != first[:2]
+    explicit = run(tmp_path, pool_paths, {**settings, "seed": first[2]["settings"]["seed"]})
+    assert explicit[:2] == first[:2]  # a null seed is derived from the run seed
+
+
+def test_shard_order_does_not_change_the_sets(tmp_path):
+    pool_paths = make_pool(tmp_path, shards=3)
+    problems, samples, scores, grades = pool_paths
+    settings = {"sets_per_problem": 3, "set_size": 4}
+    a = run(tmp_path, pool_paths, settings)
+    b = run(tmp_path, (problems, samples[::-1], scores[::-1], grades[::-1]), settings)
+    assert a == b
+
+
+def test_contaminated_problems_are_removed_and_listed(tmp_path):
+    pool_paths = make_pool(tmp_path)
+    bench = tmp_path / "aime99.jsonl"
+    write_problems(
+        [
+            {"id": "b1", "problem": "problem 3:  what is $103$?", "answer": "103"},
+            {"id": "b2", "problem": "Something else entirely.", "answer": "1"},
+            {"id": "b3", "problem": "PROBLEM 7: What is 107?", "answer": "107"},
+        ],
+        bench,
+    )
+    train, val, summary = run(tmp_path, pool_paths, {"set_size": 4}, benchmarks=[bench])
+    assert summary["problems"]["contaminated"] == 2
+    assert summary["contaminated"] == [
+        {"id": "p03", "matches": ["aime99:b1"]},
+        {"id": "p07", "matches": ["aime99:b3"]},
+    ]
+    used = {s["problem_id"] for s in train + val}
+    assert "p03" not in used and "p07" not in used
+    assert summary["problems"]["with_sets"] == 18
+    assert summary["samples"]["total"] == 18 * 8  # their samples are gone from every count
+
+
+@pytest.mark.parametrize("no_answer, truncated", [(False, False), (True, False), (False, True)])
+def test_drop_options_and_their_counts(tmp_path, no_answer, truncated):
+    pool_paths = make_pool(tmp_path, samples=8)
+    settings = {"set_size": 4, "drop_no_answer": no_answer, "drop_truncated": truncated}
+    train, val, summary = run(tmp_path, pool_paths, settings)
+    counts = summary["samples"]
+    assert counts["no_answer"] > 0 and counts["truncated"] > 0  # reported either way
+    dropped = counts["dropped"]
+    assert dropped["no_answer"] == (counts["no_answer"] if no_answer else 0)
+    assert dropped["truncated"] == (counts["truncated"] if truncated else 0)
+    assert dropped["total"] == counts["total"] - counts["used"]
+    answers = [x["answer"] for s in train + val for x in s["candidates"]]
+    assert (None in answers) == (not no_answer and not truncated)
+    # problems left with fewer than m = 4 samples get no sets, and are counted
+    problems = summary["problems"]
+    assert problems["with_sets"] + problems["too_few_samples"] == 20
+
+
+def test_mismatched_shards_are_refused_with_the_file(tmp_path):
+    _, samples, scores, grades = make_pool(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"grades/shard1\.parquet: its rows do not match .*samples/shard0"
+    ):
+        c.load_pool(samples, scores, grades[::-1])
+    with pytest.raises(ValueError, match="one of each per shard"):
+        c.load_pool(samples, scores[:1], grades)
+    with pytest.raises(ValueError, match="more than one shard"):
+        c.load_pool(samples * 2, scores * 2, grades * 2)

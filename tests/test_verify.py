@@ -1,0 +1,364 @@
+"""The verifier: math-verify's verdicts, a fast path that agrees with them, bounded time on
+hostile answers, and the grading CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from confagg import verify as v
+from confagg.problems import write_problems
+from confagg.tables import GRADES, SAMPLES, read_table, write_table
+from conftest import SHARED_DATA
+
+# (gold, prediction, verdict). The verdict is what a grader should say, and what plain
+# math-verify says: the last block lists math-verify's known misses, kept as it decides them.
+PAIRS = [
+    # plain integers, leading zeros, signs (AIME)
+    ("25", "25", True),
+    ("25", "025", True),
+    ("7", "007", True),
+    ("0", "000", True),
+    ("0", "-0", True),
+    ("25", "26", False),
+    ("25", "250", False),
+    ("-5", "-5", True),
+    ("-5", "5", False),
+    ("5", "-5", False),
+    ("123456789012345678901234567890", "123456789012345678901234567890", True),
+    ("123456789012345678901234567890", "123456789012345678901234567891", False),
+    ("25", "25.0", True),
+    ("25", "24.99", False),
+    ("25", " 25 ", True),
+    ("1000", "1,000", True),
+    ("1000000", "1{,}000{,}000", True),
+    ("25", "\\mathbf{25}", True),
+    ("25", "\\boxed{25}", True),
+    ("25", "x = 25", True),
+    ("25", "\\frac{50}{2}", True),
+    ("25", "\\frac{51}{2}", False),
+    # fractions and decimals, \frac / \dfrac / \tfrac
+    ("\\frac{1}{2}", "0.5", True),
+    ("0.5", "\\frac{1}{2}", True),
+    ("\\frac{1}{2}", "\\dfrac{1}{2}", True),
+    ("\\frac{1}{2}", "\\tfrac12", True),
+    ("\\frac{1}{2}", "1/2", True),
+    ("\\frac{1}{2}", "\\frac{2}{4}", True),
+    ("\\frac{1}{2}", "\\frac{1}{3}", False),
+    ("\\frac{1}{3}", "0.3333333", True),
+    ("\\frac{1}{3}", "0.333", False),
+    ("\\frac{3}{4}", "0.75", True),
+    ("\\frac{3}{4}", "0.74", False),
+    ("\\frac{7}{2}", "3\\frac{1}{2}", True),
+    ("-\\frac{1}{2}", "\\frac{-1}{2}", True),
+    ("-\\frac{1}{2}", "-0.5", True),
+    ("-\\frac{1}{2}", "\\frac{1}{2}", False),
+    # LaTeX spacing and delimiters
+    ("\\frac{1}{2}", "\\frac {1} {2}", True),
+    ("\\sqrt{2}", "\\sqrt 2", True),
+    ("2\\pi", "2 \\pi", True),
+    ("\\left( 1, 2 \\right)", "(1,2)", True),
+    ("\\frac{\\pi}{2}", "\\pi/2", True),
+    # radicals and constants
+    ("2\\sqrt{2}", "\\sqrt{8}", True),
+    ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2", True),
+    ("\\sqrt{2}", "1.41421356", True),
+    ("\\sqrt{2}", "1.414", False),
+    ("\\sqrt{3}", "\\sqrt{2}", False),
+    ("\\pi", "3.14159265", True),
+    ("\\pi", "3.14", False),
+    # intervals
+    ("[1,2)", "[1,2)", True),
+    ("[1,2)", "[1,2]", False),
+    ("(1,2)", "(1, 2)", True),
+    ("(-\\infty, 3]", "(-\\infty,3]", True),
+    ("(-\\infty, 3]", "(-\\infty,3)", False),
+    # sets and lists
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", True),
+    ("1,2,3", "3,2,1", True),
+    ("1,2,3", "1,2", False),
+    ("(1,2)", "(2,1)", False),
+    ("\\{-1, 1\\}", "\\pm 1", True),
+    # units, degrees, \text{}
+    ("5 \\text{ cm}", "5", True),
+    ("5", "5\\text{ cm}", True),
+    ("30", "30^\\circ", True),
+    ("10^\\circ", "10", True),
+    ("\\text{(A)}", "A", True),
+    ("\\text{B}", "\\text{B}", True),
+    ("\\text{B}", "\\text{C}", False),
+    ("\\$18.90", "18.90", True),
+    ("18.9", "\\$18.90", True),
+    # percentages
+    ("25\\%", "25", True),
+    ("25", "25\\%", True),
+    ("25\\%", "0.25", True),
+    ("25\\%", "0.35", False),
+    # algebra
+    ("x^2+1", "1+x^2", True),
+    ("x^2+1", "x^2-1", False),
+    ("x=3", "3", True),
+    ("y=2x+1", "2x+1", True),
+    ("2+3i", "3i+2", True),
+    ("2+3i", "2-3i", False),
+    ("\\infty", "\\infty", True),
+    ("\\emptyset", "\\emptyset", True),
+    # math-verify's misses, which the verifier keeps (it gives math-verify's verdict)
+    ("1000", "1\\,000", False),  # the thin space reads as a product
+    ("\\emptyset", "\\varnothing", False),
+    ("i", "\\sqrt{-1}", False),
+]
+
+# Answers math-verify cannot compare even with themselves, and other odd strings.
+ODD = ["{", "}", "}{", "\\", "$", "$$", "%", "\\{", "\\}", "a}b{", "\\boxed{", "\\frac{", "{}"]
+ODD += ["()", "[", "^", "&", "#", "\\text{}", "\\text{", "\\,", "0/0", "\\frac{1}{0}", "nan"]
+ODD += ["\\infty-\\infty", "--5", "1e10", "x/0", "\\text{ }", "\\mathrm{}", "$5$", "a" * 300]
+
+HOSTILE = {
+    "nested exponents": "9^{9^{9^{9^{9^{9}}}}}",
+    "huge power": "10^{10^{10}}",
+    "factorial": "1000000!",
+    "deep braces": "{" * 5000 + "1" + "}" * 5000,
+    "100 kB sum": "+".join(["1"] * 50000),
+}
+
+
+def plain(gold: str, pred: str) -> bool:
+    """Plain math-verify (its own signal-based timeouts; pytest runs tests in the main thread)."""
+    from math_verify import parse
+    from math_verify import verify as mv_verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return mv_verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{pred}}}"))
+
+
+def test_at_least_sixty_pairs_of_each_kind():
+    assert len(PAIRS) >= 60
+    assert sum(e for *_, e in PAIRS) >= 20 and sum(not e for *_, e in PAIRS) >= 20
+
+
+@pytest.mark.parametrize("gold, pred, expected", PAIRS)
+def test_verdicts_on_equivalence_pairs(gold, pred, expected):
+    assert plain(gold, pred) is expected  # the pair list itself is math-verify's verdict
+    fast = v.fast_verdict(gold, pred)
+    assert fast is None or fast.correct is expected
+    verdict = v.verify(gold, pred)
+    assert verdict.correct is expected
+    assert verdict.status == ("correct" if expected else "incorrect")
+
+
+def test_fast_path_takes_the_common_cases():
+    assert v.fast_verdict("25", "025") == v.CORRECT
+    assert v.fast_verdict("25", "26") == v.INCORRECT
+    assert v.fast_verdict("25", "\\text{25}") == v.CORRECT
+    assert v.fast_verdict("25", "\\frac{7}{3}") == v.INCORRECT
+    assert v.fast_verdict("\\frac{1}{2}", "\\frac{1}{2}") == v.CORRECT
+    assert v.fast_verdict("25", None) == v.NO_ANSWER
+    assert v.fast_verdict("25", "  ") == v.NO_ANSWER
+    assert v.fast_verdict("\\frac{1}{2}", "0.5") is None  # algebra: math-verify decides
+
+
+def _integer_forms(n: int, rng: random.Random) -> list[str]:
+    s, letter = str(n), rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    forms = [s, f"{abs(n):05d}" if n >= 0 else s, s + ".0", s + ".000", f"\\text{{{s}}}"]
+    forms += [f"\\textbf{{{s}}}", f"\\mathrm{{ {s} }}", f"{letter} = {s}", f"{letter}={s}"]
+    forms += [f"{s}^\\circ", f"{s}^{{\\circ}}"]
+    if n >= 0:
+        forms += ["+" + s, f"{n:,}", f"{n:,}".replace(",", "{,}")]
+    return forms
+
+
+def test_integer_fast_path_agrees_with_math_verify():
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(12):
+        digits = rng.choice([1, 2, 3, 3, 4, 7, 13, 30])
+        g = rng.randint(0, 10**digits) * rng.choice([1, 1, 1, -1])
+        gold = rng.choice([str(g), f"{g:04d}" if g >= 0 else str(g)])
+        for n in (g, g + 1, g * 10, -g):
+            for form in _integer_forms(n, rng):
+                fast = v.fast_verdict(gold, form)
+                if fast is None:  # e.g. 25.0 with more than 12 digits: math-verify decides
+                    assert len(str(abs(n))) > 12, form
+                    continue
+                assert fast.correct == (n == g) == plain(gold, form), (gold, form)
+                checked += 1
+    assert checked > 400
+
+
+def test_fraction_fast_path_agrees_with_math_verify():
+    rng = random.Random(1)
+    for _ in range(40):
+        g = rng.randint(-50, 1000)
+        b = rng.choice([1, 2, 7, 10, 10**9, rng.randint(1, 10**6)])
+        a = rng.choice([g * b, g * b + 1, -g * b, rng.randint(0, 10**6)])
+        for form in (
+            f"\\frac{{{a}}}{{{b}}}",
+            f"\\dfrac{{{a}}}{{{b}}}",
+            f"-\\frac{{{abs(a)}}}{{{b}}}",
+        ):
+            fast = v.fast_verdict(str(g), form)
+            assert fast is not None and fast.correct == plain(str(g), form), (g, form)
+    assert v.fast_verdict("5", "\\frac{5}{0}") is None  # zoo: math-verify decides
+
+
+def test_identical_answers_take_the_fast_path_only_where_math_verify_agrees():
+    answers = [g for g, _, _ in PAIRS] + [p for _, p, _ in PAIRS] + ODD
+    if SHARED_DATA.is_dir():  # real gold answers: MATH, AIME, GSM8K
+        pool = []
+        for path in sorted((SHARED_DATA / "train").glob("*.jsonl")):
+            with open(path, encoding="utf-8") as lines:  # not splitlines(): \u2028 in text
+                pool += [json.loads(line)["answer"] for line in lines if line.strip()]
+        answers += random.Random(2).sample(sorted(set(pool)), 150)
+    fast = 0
+    for answer in answers:
+        verdict = v.fast_verdict(answer, answer)
+        if verdict is not None:
+            fast += 1
+            assert verdict.correct == plain(answer, answer), answer
+    assert fast > len(answers) // 2
+    # math-verify rejects these against themselves; the fast path must leave them to it
+    for odd in ("}", "}{", "$", "$$", "\\boxed{", "\\text{}"):
+        assert not plain(odd, odd)
+        assert v.fast_verdict(odd, odd) is None
+        assert not v.verify(odd, odd).correct
+
+
+def test_surrounding_whitespace_never_changes_math_verify_verdicts():
+    for gold, pred, expected in PAIRS[::3]:
+        for padded in (f" {pred}", f"{pred} \n", f"\t{pred} "):
+            assert plain(gold, padded) is expected, (gold, padded)
+
+
+def test_no_answer_and_unparseable_statuses():
+    assert v.verify("25", None) == (False, "no_answer")
+    assert v.verify("25", "") == (False, "no_answer")
+    assert v.verify("25", "\\text{}") == (False, "unparseable")
+    assert v.verify("25", "}{") == (False, "unparseable")
+    assert v.is_correct("\\frac12", "0.5") and not v.is_correct("\\frac12", None)
+
+
+def test_hostile_answers_are_cut_at_the_bound():
+    golds = ["25"] * len(HOSTILE) + [g for g, _, _ in PAIRS[:20]]
+    preds = list(HOSTILE.values()) + [p for _, p, _ in PAIRS[:20]]
+    v.clear_cache()
+    started = time.monotonic()
+    verdicts = v.verify_many(golds, preds, processes=2, timeout=1.0)
+    elapsed = time.monotonic() - started
+    for name, verdict in zip(HOSTILE, verdicts, strict=False):
+        assert verdict.status in ("timeout", "unparseable") and not verdict.correct, name
+    assert verdicts[0].status == "timeout"  # nested exponents: math-verify runs for minutes
+    for verdict, (_, _, expected) in zip(verdicts[len(HOSTILE) :], PAIRS[:20], strict=True):
+        assert verdict.correct is expected
+    # each hostile check stops at its 1 s deadline (plus restarting its worker), far short of
+    # the minutes plain math-verify spends on them
+    assert elapsed < len(HOSTILE) * (1.0 + v.STARTUP_TIMEOUT)
+
+
+def test_one_hostile_answer_from_a_thread_is_bounded():
+    # math-verify's own timeout (signal.alarm) refuses to work outside the main thread
+    with ThreadPoolExecutor(1) as pool:
+        verdict = pool.submit(v.verify, "1", HOSTILE["nested exponents"], 0.5).result()
+    assert verdict == (False, "timeout")
+
+
+def test_verify_many_matches_verify_in_threads_and_processes():
+    rng = random.Random(3)
+    pairs = PAIRS + PAIRS[::2]  # duplicates
+    rng.shuffle(pairs)
+    golds, preds = [g for g, _, _ in pairs], [p for _, p, _ in pairs]
+    v.clear_cache()
+    many = v.verify_many([*golds, "1"], [*preds, None], processes=2)
+    assert [x.correct for x in many[:-1]] == [e for *_, e in pairs]
+    assert many[-1] == v.NO_ANSWER
+    v.clear_cache()
+    with ThreadPoolExecutor(4) as pool:
+        one_by_one = list(pool.map(v.verify, golds, preds))
+    assert one_by_one == many[:-1]
+
+
+def test_cache_is_keyed_by_the_normalised_prediction():
+    v.clear_cache()
+    assert v.verify_many(["\\frac{1}{2}"] * 3, ["0.5", " 0.5", "0.5\n"]) == [v.CORRECT] * 3
+    assert list(v._cache) == [("\\frac{1}{2}", "0.5")]
+
+
+def test_a_dead_worker_is_replaced():
+    v.warm_up(1)
+    pool = v._get_pool()
+    pool.workers[0].proc.kill()
+    pool.workers[0].proc.wait()
+    v.clear_cache()
+    assert v.verify("\\frac{1}{2}", "0.5") == v.CORRECT
+
+
+def test_answers_are_never_run_as_code(tmp_path):
+    marker = tmp_path / "ran"
+    for pred in (
+        f"__import__('os').system('touch {marker}')",
+        f"exec(\"open('{marker}', 'w')\")",
+        f"\\text{{{{__import__('os').system('touch {marker}')}}}}",
+    ):
+        assert not v.verify("1", pred).correct
+    assert not marker.exists()
+
+
+def test_grade_cli_writes_a_grades_table(tmp_path):
+    write_problems(
+        [
+            {"id": "a", "problem": "?", "answer": "25"},
+            {"id": "b", "problem": "?", "answer": "\\frac12"},
+        ],
+        tmp_path / "problems.jsonl",
+    )
+    answers = ["025", "24", None, "0.5", "\\text{}", "1/2"]
+    samples = pa.table(
+        {
+            "problem_id": ["a", "a", "a", "b", "b", "b"],
+            "sample_idx": [0, 1, 2, 0, 1, 2],
+            "text": [f"\\boxed{{{a}}}" for a in answers],
+            "answer": answers,
+            "num_tokens": [3] * 6,
+            "finish_reason": ["stop", "stop", "length", "stop", "stop", "stop"],
+            "token_confidence": pa.array([np.ones(3, np.float16)] * 6, pa.list_(pa.float16())),
+        },
+        schema=SAMPLES,
+    )
+    write_table(samples, tmp_path / "shard0.parquet", SAMPLES)
+    out = tmp_path / "grades.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "confagg.grade", "--problems", str(tmp_path / "problems.jsonl"),
+         "--processes", "1", str(tmp_path / "shard0.parquet"), str(out)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    grades = read_table(out, GRADES).to_pydict()
+    assert grades["problem_id"] == samples.column("problem_id").to_pylist()
+    assert grades["sample_idx"] == [0, 1, 2, 0, 1, 2]
+    assert grades["correct"] == [True, False, False, True, False, True]
+    assert grades["status"] == [
+        "correct",
+        "incorrect",
+        "no_answer",
+        "correct",
+        "unparseable",
+        "correct",
+    ]
+
+    write_problems([{"id": "a", "problem": "?", "answer": "25"}], tmp_path / "only_a.jsonl")
+    proc = subprocess.run(
+        [sys.executable, "-m", "confagg.grade", "--problems", str(tmp_path / "only_a.jsonl"),
+         str(tmp_path / "shard0.parquet"), str(tmp_path / "bad.parquet")],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "shard0.parquet" in proc.stderr and "'b'" in proc.stderr
+    assert not (tmp_path / "bad.parquet").exists()

@@ -1,0 +1,139 @@
+# Evaluation per benchmark x seed (aggregator variants, every voting method) and one report per
+# benchmark. One benchmark alone: snakemake results/<run>/reports/<benchmark>/report.html
+
+
+def eval_shards(step):
+    """Input function: every shard of one step for the job's benchmark x seed."""
+
+    def files(wildcards):
+        return [
+            f"{OUT}/{step}/{wildcards.benchmark}/seed{wildcards.seed}/shard{shard}.parquet"
+            for shard in range(config["evaluation"]["shards"])
+        ]
+
+    return files
+
+
+def aggregate_settings(wildcards):
+    ev = config["evaluation"]
+    return json.dumps(
+        {
+            "set_size": ev["set_size"],
+            "variants": ev["aggregators"],
+            "sampling": dict(ev["aggregator_sampling"], n=ev["outputs_per_set"]),
+            "engine": config["generator"]["engine"],
+            "prompt": config["aggregator"]["prompt"],
+            "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
+            "lora_rank": config["training"]["lora"]["r"],
+            "seed": derive_seed(config["seed"], "aggregate", wildcards.benchmark, wildcards.seed),
+        },
+        sort_keys=True,
+    )
+
+
+def needs_adapter():
+    return any(v["adapter"] for v in config["evaluation"]["aggregators"])
+
+
+rule evaluate_aggregators:
+    """Every aggregator variant on the disjoint candidate sets of one benchmark x seed."""
+    input:
+        problems=f"{OUT}/data/{{benchmark}}.jsonl",
+        samples=eval_shards("samples"),
+        scores=eval_shards("scores"),
+        grades=eval_shards("grades"),
+        model=model_dir(config["aggregator"]["model"]),
+        adapter=f"{OUT}/train/adapter" if needs_adapter() else [],
+    output:
+        f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
+    params:
+        settings=aggregate_settings,
+        adapter=lambda wc, input: f"--adapter {input.adapter}" if input.adapter else "",
+    log:
+        f"{LOGS}/evaluate_aggregators/{{benchmark}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/evaluate_aggregators/{{benchmark}}/seed{{seed}}.benchmark.tsv"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=64000,
+        runtime="6h",
+    shell:
+        "HF_HUB_OFFLINE=1 python -m confagg.aggregate --problems {input.problems}"
+        " --samples {input.samples} --scores {input.scores} --grades {input.grades}"
+        " --model {input.model} {params.adapter} --settings {params.settings:q}"
+        " {output} > {log} 2>&1"
+
+
+rule evaluate_seed:
+    """Every method (voting, filtering, best-of-k, aggregators) on one benchmark x seed."""
+    input:
+        samples=eval_shards("samples"),
+        scores=eval_shards("scores"),
+        grades=eval_shards("grades"),
+        aggregators=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
+    output:
+        metrics=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/metrics.json",
+        candidates=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/candidates.parquet",
+    params:
+        ks=json.dumps(config["evaluation"]["ks"]),
+        out_dir=lambda wc, output: os.path.dirname(output.metrics),
+    log:
+        f"{LOGS}/evaluate_seed/{{benchmark}}/seed{{seed}}.log",
+    localrule: True
+    shell:
+        "python -m confagg.report seed --samples {input.samples} --scores {input.scores}"
+        " --grades {input.grades} --aggregator {input.aggregators} --ks {params.ks:q}"
+        " --seed {wildcards.seed} {params.out_dir} > {log} 2>&1"
+
+
+rule report_benchmark:
+    """report.html, metrics.json and summary.md of one benchmark, seeds as mean ± std."""
+    input:
+        lambda wc: expand(
+            f"{OUT}/eval/{wc.benchmark}/seed{{seed}}/metrics.json",
+            seed=config["evaluation"]["seeds"],
+        ),
+    output:
+        html=report(
+            f"{OUT}/reports/{{benchmark}}/report.html",
+            caption="../report/benchmark.rst",
+            category="Benchmarks",
+            labels={"benchmark": "{benchmark}"},
+        ),
+        metrics=f"{OUT}/reports/{{benchmark}}/metrics.json",
+        summary=f"{OUT}/reports/{{benchmark}}/summary.md",
+    params:
+        seed_dirs=lambda wc, input: [os.path.dirname(f) for f in input],
+        out_dir=lambda wc, output: os.path.dirname(output.html),
+    log:
+        f"{LOGS}/report_benchmark/{{benchmark}}.log",
+    localrule: True
+    shell:
+        "python -m confagg.report benchmark --name {wildcards.benchmark}"
+        " --out-dir {params.out_dir} {params.seed_dirs} > {log} 2>&1"
+
+
+rule summarize_results:
+    """One table across benchmarks: results/<run>/summary.md."""
+    input:
+        expand(f"{OUT}/reports/{{benchmark}}/metrics.json", benchmark=BENCHMARKS),
+    output:
+        report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
+    log:
+        f"{LOGS}/summarize_results.log",
+    localrule: True
+    shell:
+        "python -m confagg.report summary {input} --out {output} > {log} 2>&1"
+
+
+for _name in BENCHMARKS:
+
+    # A named target per benchmark: `snakemake report_aime25` rebuilds that report alone.
+    rule:
+        name:
+            f"report_{_name}"
+        input:
+            f"{OUT}/reports/{_name}/report.html",
+        localrule: True
+        default_target: False

@@ -1,0 +1,40 @@
+# GRPO training of the confidence-aware aggregator (TRL + PEFT LoRA), one accelerate job.
+# Resumable: checkpoints live in {OUT}/train/checkpoints/, which is no output (Snakemake keeps
+# it when the job fails); the job saves and stops before its `runtime`, a rerun resumes.
+
+
+rule train_aggregator:
+    """LoRA adapter of the aggregator trained with GRPO on the curated training sets."""
+    input:
+        train=f"{OUT}/curated/train.parquet",
+        val=f"{OUT}/curated/val.parquet",
+        model=model_dir(config["aggregator"]["model"]),
+    output:
+        adapter=directory(f"{OUT}/train/adapter"),
+        log=f"{OUT}/train/log.jsonl",
+        manifest=f"{OUT}/train/manifest.json",
+    params:
+        out=f"{OUT}/train",
+        launch=accelerate_args,
+        settings=lambda wc: json.dumps(
+            {"aggregator": config["aggregator"], "training": config["training"]}, sort_keys=True
+        ),
+        seed=config["seed"],
+        run_name=config["run_name"],
+    conda:
+        "../../envs/train.yaml"
+    log:
+        f"{LOGS}/train_aggregator/train_aggregator.log",
+    benchmark:
+        f"{LOGS}/train_aggregator/train_aggregator.benchmark.tsv"
+    threads: 8
+    resources:
+        gpu=config["training"]["gpus"],
+        mem_mb=64000,
+        runtime="24h",
+    shell:
+        # USR1 is ignored by the shell and the launcher (the trainer handles it: save, stop).
+        "trap '' USR1; HF_HUB_OFFLINE=1 accelerate launch {params.launch} -m confagg.train"
+        " --train {input.train} --val {input.val} --model {input.model} --out {params.out}"
+        " --settings {params.settings:q} --seed {params.seed} --run_name {params.run_name}"
+        " --runtime_min {resources.runtime} > {log} 2>&1"
