@@ -46,7 +46,7 @@ def bench_sampling(model: str, n_problems: int, n: int, max_tokens: int, chunk: 
             "logprobs": 20,
         },
         "problems_per_chunk": chunk,
-        "engine": {"max_model_len": 1024, "kv_cache_memory_bytes": 2 * 2**30},
+        "engine": demo["generator"]["engine"],
         "prompt": demo["prompt"],
         "chat_template_kwargs": {},
     }

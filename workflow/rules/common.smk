@@ -121,3 +121,39 @@ def accelerate_args(wildcards, threads, resources):
         )
     multi = " --multi_gpu" if gpus > 1 else ""
     return f"--config_file config/accelerate/gpu.yaml --num_processes {gpus}{multi}"
+
+
+# --- evaluation ---
+
+
+def eval_shards(step):
+    """Input function: every shard of one step for the job's benchmark x seed."""
+
+    def files(wildcards):
+        return [
+            f"{OUT}/{step}/{wildcards.benchmark}/seed{wildcards.seed}/shard{shard}.parquet"
+            for shard in range(config["evaluation"]["shards"])
+        ]
+
+    return files
+
+
+def aggregate_settings(wildcards):
+    ev = config["evaluation"]
+    return json.dumps(
+        {
+            "set_size": ev["set_size"],
+            "variants": ev["aggregators"],
+            "sampling": dict(ev["aggregator_sampling"], n=ev["outputs_per_set"]),
+            "engine": config["generator"]["engine"],
+            "prompt": config["aggregator"]["prompt"],
+            "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
+            "lora_rank": config["training"]["lora"]["r"],
+            "seed": derive_seed(config["seed"], "aggregate", wildcards.benchmark, wildcards.seed),
+        },
+        sort_keys=True,
+    )
+
+
+def needs_adapter():
+    return any(v["adapter"] for v in config["evaluation"]["aggregators"])

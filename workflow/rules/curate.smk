@@ -11,6 +11,8 @@ rule grade_shard:
         f"{OUT}/grades/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
     params:
         timeout=config["curation"]["verify_timeout"],
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/grade_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
     threads: config["curation"]["verify_processes"]
@@ -41,6 +43,8 @@ rule curate_sets:
             sort_keys=True,
         ),
         run_seed=config["seed"],
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/curate_sets/curate_sets.log",
     threads: 1

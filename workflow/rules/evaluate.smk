@@ -2,39 +2,6 @@
 # benchmark. One benchmark alone: snakemake results/<run>/reports/<benchmark>/report.html
 
 
-def eval_shards(step):
-    """Input function: every shard of one step for the job's benchmark x seed."""
-
-    def files(wildcards):
-        return [
-            f"{OUT}/{step}/{wildcards.benchmark}/seed{wildcards.seed}/shard{shard}.parquet"
-            for shard in range(config["evaluation"]["shards"])
-        ]
-
-    return files
-
-
-def aggregate_settings(wildcards):
-    ev = config["evaluation"]
-    return json.dumps(
-        {
-            "set_size": ev["set_size"],
-            "variants": ev["aggregators"],
-            "sampling": dict(ev["aggregator_sampling"], n=ev["outputs_per_set"]),
-            "engine": config["generator"]["engine"],
-            "prompt": config["aggregator"]["prompt"],
-            "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
-            "lora_rank": config["training"]["lora"]["r"],
-            "seed": derive_seed(config["seed"], "aggregate", wildcards.benchmark, wildcards.seed),
-        },
-        sort_keys=True,
-    )
-
-
-def needs_adapter():
-    return any(v["adapter"] for v in config["evaluation"]["aggregators"])
-
-
 rule evaluate_aggregators:
     """Every aggregator variant on the disjoint candidate sets of one benchmark x seed."""
     input:
@@ -49,6 +16,8 @@ rule evaluate_aggregators:
     params:
         settings=aggregate_settings,
         adapter=lambda wc, input: f"--adapter {input.adapter}" if input.adapter else "",
+    conda:
+        "../../envs/vllm.yaml"
     log:
         f"{LOGS}/evaluate_aggregators/{{benchmark}}/seed{{seed}}.log",
     benchmark:
@@ -78,6 +47,8 @@ rule evaluate_seed:
     params:
         ks=json.dumps(config["evaluation"]["ks"]),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/evaluate_seed/{{benchmark}}/seed{{seed}}.log",
     localrule: True
@@ -106,6 +77,8 @@ rule report_benchmark:
     params:
         seed_dirs=lambda wc, input: [os.path.dirname(f) for f in input],
         out_dir=lambda wc, output: os.path.dirname(output.html),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/report_benchmark/{{benchmark}}.log",
     localrule: True
@@ -120,6 +93,8 @@ rule summarize_results:
         expand(f"{OUT}/reports/{{benchmark}}/metrics.json", benchmark=BENCHMARKS),
     output:
         report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/summarize_results.log",
     localrule: True

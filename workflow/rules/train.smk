@@ -14,7 +14,7 @@ rule train_aggregator:
         log=f"{OUT}/train/log.jsonl",
         manifest=f"{OUT}/train/manifest.json",
     params:
-        out=f"{OUT}/train",
+        out=lambda wc, output: os.path.dirname(output.log),
         launch=accelerate_args,
         settings=lambda wc: json.dumps(
             {"aggregator": config["aggregator"], "training": config["training"]}, sort_keys=True
