@@ -6,8 +6,8 @@ Every non-local job must be an sbatch job that `sacct` knows, GPU rules must car
 request (gres/gpu in ReqTRES), and a job killed midway must be resubmitted by the profile's
 `retries` and resume from the chunks it had finished. The fixture starts the cluster (about 25 s
 from nothing, packages included; 1 s when it is already up) and stops it at the end when it
-started it. Measured on the 2-core machine while others ran tests too: the whole workflow
-8.5 min (18 jobs, 12 of them sbatch jobs), the killed-job test 3 min."""
+started it. Measured on the 2-core machine while others ran tests too (load 4-7): the whole
+workflow 8.5-10.5 min (18 jobs, 12 of them sbatch jobs), the killed-job test 3 min."""
 
 from __future__ import annotations
 
