@@ -23,6 +23,7 @@ from confagg.train import (
     job_deadline,
     last_checkpoint,
     load_settings,
+    prepare_checkpoints,
     read_log,
     trim_log,
 )
@@ -114,6 +115,29 @@ def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):
     assert last_checkpoint(tmp_path, remove_incomplete=True) == tmp_path / "checkpoint-4"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_checkpoints_of_other_settings_are_never_resumed(tmp_path):
+    def checkpoint(step):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text("{}")
+
+    first = {"settings": {"training": {"max_steps": 4}}, "seed": 1}
+    assert prepare_checkpoints(tmp_path, first) is None
+    checkpoint(2)
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    assert prepare_checkpoints(tmp_path, first) == tmp_path / "checkpoint-2"
+    assert [r["step"] for r in read_log(tmp_path / "log.jsonl")] == [1, 2]
+    # an unfinished run with other settings: an error naming the change, nothing removed
+    second = {"settings": {"training": {"max_steps": 6}}, "seed": 1}
+    with pytest.raises(SystemExit, match=r"training\.max_steps: 4 -> 6"):
+        prepare_checkpoints(tmp_path, second)
+    assert (tmp_path / "checkpoint-2").is_dir()
+    # once that run completed, new settings start afresh
+    run = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**run, "completed": True}))
+    assert prepare_checkpoints(tmp_path, second) is None
+    assert not (tmp_path / "checkpoint-2").exists() and read_log(tmp_path / "log.jsonl") == []
 
 
 def test_log_trimmed_to_the_resumed_step(tmp_path):

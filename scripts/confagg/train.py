@@ -19,13 +19,15 @@ output, so Snakemake does not delete it when the job fails:
   file written last) was cut short by a kill and is removed on the next start;
 * ``log.jsonl``: one row per logged step, written as training goes; on resume the rows after the
   checkpoint's step are dropped, so no step appears twice;
-* ``run.json``: the settings the checkpoints belong to; a rerun with different training settings
-  stops with an error instead of mixing two runs; ``attempts.jsonl``: one row per job.
+* ``run.json``: what the checkpoints belong to (settings, seed, processes, model, hash of the
+  training sets) and whether that run completed. Two runs are never mixed: after a change, the
+  checkpoints of a completed run are removed and training starts again; those of an unfinished
+  run stop the job with an error listing the changes; ``attempts.jsonl``: one row per job.
 
 A run saves a checkpoint and stops cleanly (exit code 75, EX_TEMPFAIL) before the job's time
 limit: when the next step (as long as the longest so far) would end within ``stop_margin_min``
 of the limit (from ``SLURM_JOB_END_TIME`` when Slurm sets it, else the process start plus
-``--runtime-min``), or after a SIGTERM or SIGUSR1 (the step in progress finishes first). All
+``--runtime_min``), or after a SIGTERM or SIGUSR1 (the step in progress finishes first). All
 processes agree on stopping at the same step. The rerun resumes from the last checkpoint.
 
 Outputs, written only when training is complete: ``<out>/adapter/`` (the LoRA adapter and
@@ -248,6 +250,66 @@ def trim_log(path: Path, step: int) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _differences(before: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, as ``key: old -> new``."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [
+            d
+            for k in sorted(set(before) | set(now))
+            for d in _differences(before.get(k), now.get(k), f"{prefix}{k}.")
+        ]
+    if before == now:
+        return []
+    return [f"{prefix[:-1]}: {json.dumps(before)} -> {json.dumps(now)}"]
+
+
+def prepare_checkpoints(ckpt_dir: Path, fingerprint: Mapping) -> Path | None:
+    """The checkpoint to resume from, after tidying ``ckpt_dir`` (main process only).
+
+    Incomplete checkpoints go, and the live log loses rows past the resumed step. Checkpoints
+    of a run with other settings (``fingerprint``: settings, seed, processes, model, training
+    data) are removed when that run completed (its outputs are gone: Snakemake reruns the job
+    because its settings or inputs changed), and stop the job with an error when it did not
+    (hours of training are not thrown away silently).
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resume = last_checkpoint(ckpt_dir, remove_incomplete=True)
+    run_file = ckpt_dir / "run.json"
+    before = json.loads(run_file.read_text()) if run_file.is_file() else None
+    now = _jsonable(fingerprint)
+    if resume is not None and before is not None:
+        changed = _differences(before.get("fingerprint"), now)
+        if changed and before.get("completed"):
+            log(
+                f"settings or inputs changed since the completed run in {ckpt_dir} "
+                f"({'; '.join(changed)}): starting again"
+            )
+            for path in ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+                shutil.rmtree(path)
+            for name in ("log.jsonl", "attempts.jsonl"):
+                (ckpt_dir / name).unlink(missing_ok=True)
+            resume = None
+        elif changed:
+            raise SystemExit(
+                f"{ckpt_dir} holds checkpoints of an unfinished run with other settings or "
+                f"inputs ({'; '.join(changed)}): restore them to resume, or delete that folder "
+                f"to start again"
+            )
+    write_json({"fingerprint": now, "completed": False}, run_file)
+    trim_log(ckpt_dir / "log.jsonl", _step_of(resume) if resume else 0)
+    return resume
+
+
 def job_deadline(runtime_min: float | None, margin_min: float) -> float | None:
     """Unix time by which the run should have saved and stopped; None without a limit."""
     end = os.environ.get("SLURM_JOB_END_TIME")
@@ -363,10 +425,13 @@ def _versions() -> dict[str, str]:
 
 
 def _git() -> dict[str, Any]:
+    """Commit of the checkout this code runs from (not of the working directory)."""
+    where = str(Path(__file__).resolve().parent)
+
     def run(*cmd: str) -> str | None:
         try:
             proc = subprocess.run(
-                ["git", *cmd], capture_output=True, text=True, timeout=20, check=True
+                ["git", "-C", where, *cmd], capture_output=True, text=True, timeout=20, check=True
             )
         except (OSError, subprocess.SubprocessError):
             return None
@@ -508,23 +573,13 @@ def train(args: TrainArgs) -> int:
         },
         "seed": seed,
         "num_processes": state.num_processes,
+        "model": args.model,
+        "train_sha256": _sha256(args.train),
     }
 
     # Resume point (the main process tidies up; the others wait, then read the same folder).
     if main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        resume = last_checkpoint(ckpt_dir, remove_incomplete=True)
-        run_file = ckpt_dir / "run.json"
-        if resume is not None and run_file.is_file():
-            before = json.loads(run_file.read_text())
-            if before != _jsonable(fingerprint):
-                raise SystemExit(
-                    f"{ckpt_dir} holds checkpoints of a run with other settings "
-                    f"(was {json.dumps(before, sort_keys=True)}); delete that folder to start "
-                    f"again with the new settings"
-                )
-        write_json(fingerprint, run_file)
-        trim_log(live_log, _step_of(resume) if resume else 0)
+        prepare_checkpoints(ckpt_dir, fingerprint)
     state.wait_for_everyone()
     resume = last_checkpoint(ckpt_dir)
     if resume is not None:
@@ -617,6 +672,8 @@ def train(args: TrainArgs) -> int:
         "attempts": read_log(ckpt_dir / "attempts.jsonl"),
     }
     _finish(trainer, out, live_log, manifest)
+    if main:
+        write_json({"fingerprint": fingerprint, "completed": True}, ckpt_dir / "run.json")
     return 0
 
 
