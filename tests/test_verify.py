@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import subprocess
 import sys
@@ -209,6 +210,41 @@ def test_fraction_fast_path_agrees_with_math_verify():
             fast = v.fast_verdict(str(g), form)
             assert fast is not None and fast.correct == plain(str(g), form), (g, form)
     assert v.fast_verdict("5", "\\frac{5}{0}") is None  # zoo: math-verify decides
+
+
+def _closed_forms(rng: random.Random, count: int) -> list[tuple[str, float]]:
+    """Random q * sqrt(r) * pi forms (integer-valued ones included) and their float values."""
+    forms = []
+    while len(forms) < count:
+        n = rng.choice([None, 0, 1, rng.randint(2, 12), rng.randint(10, 10**6)])
+        r = rng.choice([None, 0, 1, 4, 9, 144, 2, 3, 8, 12, rng.randint(2, 10**4)])
+        pi = rng.random() < 0.35
+        if n is None and r is None and not pi:
+            continue
+        num = ("" if n is None else str(n)) + ("" if r is None else f"\\sqrt{{{r}}}")
+        num += "\\pi" if pi else ""
+        value = (1 if n is None else n) * math.sqrt(1 if r is None else r)
+        value *= math.pi if pi else 1
+        den = rng.choice([None, 1, 2, 3, 7, 12])
+        if den is not None:
+            num, value = rng.choice(["\\frac", "\\dfrac"]) + f"{{{num}}}{{{den}}}", value / den
+        negative = rng.random() < 0.2
+        forms.append(("-" + num if negative else num, -value if negative else value))
+    return forms
+
+
+def test_closed_form_fast_path_agrees_with_math_verify():
+    checked = correct = 0
+    for form, value in _closed_forms(random.Random(3), 70):
+        for gold in {math.floor(value), math.ceil(value), 16}:
+            fast = v.fast_verdict(str(gold), form)
+            assert fast is not None, form
+            assert fast.correct == plain(str(gold), form), (gold, form)
+            checked += 1
+            correct += fast.correct
+    assert checked > 150 and correct > 10  # both verdicts exercised
+    for other in ("\\pi\\sqrt{2}", "2 \\sqrt{3}", "\\sqrt[3]{8}", "\\frac{\\pi}{0}", "02\\pi"):
+        assert v.fast_verdict("2", other) is None  # not in the form: math-verify decides
 
 
 def test_identical_answers_take_the_fast_path_only_where_math_verify_agrees():

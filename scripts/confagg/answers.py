@@ -20,7 +20,7 @@ def after_think(text: str) -> str:
     return text if cut < 0 else text[cut + len(THINK_END) :]
 
 
-def _balanced(text: str, start: int) -> str | None:
+def brace_group(text: str, start: int) -> str | None:
     """Content of the brace group whose ``{`` is at ``start - 1``; None when it never closes."""
     depth = 1
     i = start
@@ -43,7 +43,7 @@ def extract_boxed(text: str) -> str | None:
     """The stripped content of the last complete ``\\boxed{}`` after ``</think>``, else None."""
     body = after_think(text)
     for match in reversed(list(_BOX.finditer(body))):
-        content = _balanced(body, match.end())
+        content = brace_group(body, match.end())
         if content is not None:
             content = content.strip()
             return content or None

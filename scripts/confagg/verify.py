@@ -15,8 +15,10 @@ gives, not a whole solution), under a hard time bound per check:
   answer; an integer gold answer against an integer written plainly or in a common variant
   (``025``, ``25.0``, ``\\text{25}``, ``x = 25``, ``25^\\circ``, ``1{,}000``) or a fraction of
   integers (``\\frac{50}{2}``), compared exactly as math-verify does; identical answers made of
-  ordinary math text (balanced braces, no ``$``, more than commands). tests/test_verify.py
-  checks each rule against math-verify itself.
+  ordinary math text (balanced braces, no ``$``, more than commands); an integer gold answer
+  against a closed form ``q * sqrt(r) * pi`` (``3\\sqrt{6}``, ``\\frac{5\\pi}{4}``), right
+  exactly when its value is that integer. tests/test_verify.py checks each rule against
+  math-verify itself.
 - **Cache and dedup** keyed by (gold, normalised prediction); normalising is ``str.strip``
   only, since math-verify's string fallback compares inner whitespace and ``\\,`` literally.
 - **Parallel**: ``verify_many`` spreads the remaining checks over ``processes`` workers.
@@ -44,6 +46,8 @@ from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
+
+from confagg.answers import brace_group
 
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "unparseable")
 DEFAULT_TIMEOUT = 5.0  # seconds per check (math-verify's own default per parse/compare)
@@ -85,6 +89,11 @@ _FRACTION = re.compile(
     r"(?P<sign>-?)(?:\\[dt]?frac\{(?P<a>-?\d{1,20})\}\{(?P<b>\d{1,20})\}"
     r"|(?P<c>\d{1,20})/(?P<d>\d{1,20}))"
 )
+# A closed form with an exact value, q * sqrt(r) * pi^e: 3\sqrt{6}, \pi, \frac{5\pi}{4},
+# -\dfrac{\sqrt{3}}{2}. Against an integer gold answer it is right exactly when its value is
+# that integer: math-verify compares such expressions symbolically (no float tolerance).
+_CLOSED_FRAC = re.compile(r"\\[dt]?frac\{(?P<num>.{1,60})\}\{(?P<den>[1-9]\d{0,11})\}")
+_CLOSED_TERM = re.compile(r"(?P<n>[1-9]\d{0,11}|0)?(?:\\sqrt\{(?P<r>\d{1,12})\})?(?P<pi>\\pi)?")
 _COMMAND = re.compile(r"\\[A-Za-z]+")
 _SELF_EVIDENT_MAX = 200  # longer identical strings go to math-verify (which may time out)
 
@@ -96,20 +105,7 @@ def normalise(answer: str) -> str:
 
 def _balanced(text: str) -> bool:
     """Braces pair up (escaped ``\\{``/``\\}`` aside) and never close before opening."""
-    depth, i = 0, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-        i += 1
-    return depth == 0
+    return brace_group("{" + text + "}", 1) == text
 
 
 def _self_evident(answer: str) -> bool:
@@ -139,6 +135,29 @@ def _value(answer: str) -> Fraction | None:
     return None
 
 
+def _closed_form(answer: str) -> tuple[Fraction, bool] | None:
+    """(q, irrational) of an answer worth q * sqrt(r) * pi^e (e in 0, 1): q the rational
+    coefficient once a square radicand is taken out; irrational when sqrt(r) or pi remains
+    (pi is transcendental, sqrt of a non-square irrational). None for any other text."""
+    negative = answer.startswith("-")
+    body = answer[1:] if negative else answer
+    fraction = _CLOSED_FRAC.fullmatch(body)
+    num, den = (fraction["num"], int(fraction["den"])) if fraction else (body, 1)
+    term = _CLOSED_TERM.fullmatch(num)
+    if term is None or not (term["n"] or term["r"] or term["pi"]):
+        return None
+    q = Fraction(int(term["n"] or 1), den) * (-1 if negative else 1)
+    irrational = bool(term["pi"])
+    if term["r"] is not None:
+        r = int(term["r"])
+        root = math.isqrt(r)
+        if root * root == r:
+            q *= root
+        else:
+            irrational = True
+    return q, irrational and q != 0
+
+
 def fast_verdict(gold: str, pred: str | None) -> Verdict | None:
     """math-verify's verdict when it is evident without algebra, else None."""
     if pred is None:
@@ -146,8 +165,12 @@ def fast_verdict(gold: str, pred: str | None) -> Verdict | None:
     g, p = normalise(gold), normalise(pred)
     if not p:
         return NO_ANSWER
-    if _INT.fullmatch(g) and (value := _value(p)) is not None:
-        return CORRECT if int(g) == value else INCORRECT
+    if _INT.fullmatch(g):
+        if (value := _value(p)) is not None:
+            return CORRECT if int(g) == value else INCORRECT
+        if (form := _closed_form(p)) is not None:
+            q, irrational = form
+            return CORRECT if not irrational and q == int(g) else INCORRECT
     if g == p and _self_evident(p):
         return CORRECT
     return None
