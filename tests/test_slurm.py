@@ -235,7 +235,10 @@ def test_workflow_runs_through_slurm(local_slurm, workdir, tiny_model):
     rules carry a GPU request, the others none."""
     prefix = f"confaggtest{secrets.token_hex(3)}"
     since = datetime.now()
-    args = _setup(workdir, tiny_model, prefix)
+    # the trained aggregator evaluated from the merged model here (rule merge_adapter), from the
+    # LoRA adapter in test_workflow
+    evaluation = {**tiny_config(tiny_model)["evaluation"], "trained_model": "merged"}
+    args = _setup(workdir, tiny_model, prefix, evaluation=evaluation)
     plan = planned_jobs(snakemake(*args, "-n", cwd=workdir).stdout)
     with SnakemakeRun(workdir, prefix, *args) as run:
         output = run.wait()
@@ -256,6 +259,7 @@ def test_workflow_runs_through_slurm(local_slurm, workdir, tiny_model):
         assert ("gres/gpu=" in record["ReqTRES"]) == gpu, record
         assert ("gres/gpu=" in record["AllocTRES"]) == gpu, record
     assert "sample_shard" in gpu_rules and "score_shard" not in gpu_rules
+    assert "merge_adapter" in {rule_of(r) for r in accounted.values()}
     # the shards the tiny config asks for: 2 training-pool shards + 1 benchmark shard
     assert sum(rule_of(r) == "sample_shard" for r in accounted.values()) == 3
     for path in ("train_pool/seed3/shard0", "train_pool/seed3/shard1", "mini/seed0/shard0"):

@@ -7,7 +7,9 @@ scores in its prompt (confagg.aggregator_prompt, the builder training uses), wit
 or with the trained LoRA adapter, and writes ``outputs_per_set`` completions per set, graded
 against the gold answer with the shared verifier.
 
-One engine serves every variant: the trained adapter is applied per request (vLLM LoRA).
+One engine serves every variant, the trained adapter applied per request (vLLM LoRA); or, with
+``--merged``, the base variants run on one engine and the trained ones on a second engine over
+the merged model (``evaluation.trained_model: merged``: vLLM's LoRA is slow on CPU).
 """
 
 from __future__ import annotations
@@ -98,23 +100,25 @@ def run_variants(
     variants: Sequence[Mapping],
     settings: Mapping,
     log=print,
+    merged: str | None = None,
 ) -> pa.Table:
-    """Generate every variant's outputs for every set; graded AGG_OUTPUTS rows."""
+    """Generate every variant's outputs for every set; graded AGG_OUTPUTS rows.
+
+    The trained variants run on the base model with ``adapter`` applied per request (vLLM
+    LoRA), or, when ``merged`` (a model folder with the adapter merged in, confagg.merge) is
+    given, on a second engine serving that model."""
 
     from confagg.aggregator_prompt import render_prompt
-    from confagg.sample import make_engine
+    from confagg.sample import make_engine, release_engine
     from confagg.verify import verify_many
 
-    engine_kwargs = dict(settings["engine"])
-    needs_lora = any(v["adapter"] for v in variants)
-    if needs_lora:
-        if adapter is None:
-            raise ValueError("a variant asks for the trained adapter but none was given")
-        # vLLM accepts only some max ranks: the smallest one that holds the adapter's
-        ranks = [r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= settings["lora_rank"]]
-        engine_kwargs.update(enable_lora=True, max_lora_rank=ranks[0] if ranks else 512)
-    llm = make_engine(model, settings["seed"], engine_kwargs)
-    tokenizer = llm.get_tokenizer()
+    trained = [v for v in variants if v["adapter"]]
+    if trained and adapter is None and merged is None:
+        raise ValueError("a variant asks for the trained adapter but none was given")
+    if merged is not None:  # two engines, one after the other: base model, merged model
+        plan = [(model, [v for v in variants if not v["adapter"]], False), (merged, trained, False)]
+    else:  # one engine, the adapter applied per request
+        plan = [(model, list(variants), bool(trained))]
 
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
@@ -127,43 +131,57 @@ def run_variants(
         top_k=s["top_k"],
         max_tokens=s["max_tokens"],
     )
-    lora = LoRARequest("trained", 1, str(adapter)) if needs_lora else None
     m = settings["set_size"]
     rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
-    for variant in variants:
-        prompt_cfg = dict(settings["prompt"])
-        prompt_cfg["confidence"] = dict(
-            prompt_cfg.get("confidence") or {}, enabled=bool(variant["confidence"])
-        )
-        rendered = [
-            render_prompt(
-                tokenizer,
-                problems[pid]["problem"],
-                cands,
-                prompt_cfg,
-                settings.get("chat_template_kwargs"),
+    for engine_model, group, with_lora in plan:
+        if not group:
+            continue
+        engine_kwargs = dict(settings["engine"])
+        if with_lora:
+            # vLLM accepts only some max ranks: the smallest one that holds the adapter's
+            ranks = [
+                r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= settings["lora_rank"]
+            ]
+            engine_kwargs.update(enable_lora=True, max_lora_rank=ranks[0] if ranks else 512)
+        llm = make_engine(engine_model, settings["seed"], engine_kwargs)
+        tokenizer = llm.get_tokenizer()
+        lora = LoRARequest("trained", 1, str(adapter)) if with_lora else None
+        for variant in group:
+            prompt_cfg = dict(settings["prompt"])
+            prompt_cfg["confidence"] = dict(
+                prompt_cfg.get("confidence") or {}, enabled=bool(variant["confidence"])
             )
-            for pid, _, cands in sets
-        ]
-        outputs = llm.generate(
-            [r.text for r in rendered],
-            params,
-            use_tqdm=False,
-            lora_request=lora if variant["adapter"] else None,
-        )
-        for (pid, j, _), prompt, req in zip(sets, rendered, outputs, strict=True):
-            for comp in req.outputs:
-                rows["method"].append(variant["name"])
-                rows["problem_id"].append(pid)
-                rows["set_idx"].append(j)
-                rows["k"].append(m)
-                rows["output_idx"].append(comp.index)
-                rows["text"].append(comp.text)
-                rows["answer"].append(extract_boxed(comp.text))
-                rows["num_tokens"].append(len(comp.token_ids))
-                rows["prompt_tokens"].append(prompt.num_tokens)
-                rows["prompt_truncated"].append(prompt.truncated)
-        log(f"{variant['name']}: {len(sets)} sets x {s['n']} outputs")
+            rendered = [
+                render_prompt(
+                    tokenizer,
+                    problems[pid]["problem"],
+                    cands,
+                    prompt_cfg,
+                    settings.get("chat_template_kwargs"),
+                )
+                for pid, _, cands in sets
+            ]
+            outputs = llm.generate(
+                [r.text for r in rendered],
+                params,
+                use_tqdm=False,
+                lora_request=lora if variant["adapter"] else None,
+            )
+            for (pid, j, _), prompt, req in zip(sets, rendered, outputs, strict=True):
+                for comp in req.outputs:
+                    rows["method"].append(variant["name"])
+                    rows["problem_id"].append(pid)
+                    rows["set_idx"].append(j)
+                    rows["k"].append(m)
+                    rows["output_idx"].append(comp.index)
+                    rows["text"].append(comp.text)
+                    rows["answer"].append(extract_boxed(comp.text))
+                    rows["num_tokens"].append(len(comp.token_ids))
+                    rows["prompt_tokens"].append(prompt.num_tokens)
+                    rows["prompt_truncated"].append(prompt.truncated)
+            log(f"{variant['name']}: {len(sets)} sets x {s['n']} outputs ({engine_model})")
+        release_engine(llm)
+        del llm
     golds = [problems[pid]["answer"] for pid in rows["problem_id"]]
     verdicts = verify_many(golds, rows["answer"], processes=settings.get("processes", 1))
     rows["correct"] = [v.correct for v in verdicts]
@@ -179,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grades", nargs="+", required=True)
     ap.add_argument("--model", required=True, help="aggregator base model folder")
     ap.add_argument("--adapter", default=None, help="trained LoRA adapter folder")
+    ap.add_argument("--merged", default=None, help="model folder with the adapter merged in")
     ap.add_argument("--settings", required=True, help="JSON, see the rule evaluate_aggregators")
     ap.add_argument("out")
     args = ap.parse_args(argv)
@@ -194,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         settings["variants"],
         settings,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        merged=args.merged,
     )
     write_table(table, args.out, AGG_OUTPUTS)
     print(f"wrote {table.num_rows} aggregator outputs to {Path(args.out)}", file=sys.stderr)

@@ -49,6 +49,15 @@ def make_engine(model: str, seed: int, engine_kwargs: Mapping):
     return LLM(model=model, seed=seed, **dict(engine_kwargs))
 
 
+def release_engine(llm) -> None:
+    """Shut an engine down and tear down vLLM's process-wide state, so that another engine can
+    start in this process (the caller drops its last reference to ``llm``)."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    llm.llm_engine.engine_core.shutdown()
+    cleanup_dist_env_and_memory()
+
+
 def sampling_params(sampling: Mapping):
     """vLLM ``SamplingParams`` from the config's ``sampling`` section (flat logprobs: one
     array per sample instead of a dict per token)."""

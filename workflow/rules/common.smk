@@ -155,5 +155,11 @@ def aggregate_settings(wildcards):
     )
 
 
-def needs_adapter():
-    return any(v["adapter"] for v in config["evaluation"]["aggregators"])
+def trained_aggregator():
+    """What the trained variants run on: the adapter (per-request LoRA), the merged model, or
+    nothing when no variant uses training (then training is not needed for evaluation)."""
+    if not any(v["adapter"] for v in config["evaluation"]["aggregators"]):
+        return []
+    if config["evaluation"]["trained_model"] == "merged":
+        return f"{OUT}/train/merged"
+    return f"{OUT}/train/adapter"

@@ -10,12 +10,17 @@ rule evaluate_aggregators:
         scores=eval_shards("scores"),
         grades=eval_shards("grades"),
         model=model_dir(config["aggregator"]["model"]),
-        adapter=f"{OUT}/train/adapter" if needs_adapter() else [],
+        trained=trained_aggregator(),
     output:
         f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
     params:
         settings=aggregate_settings,
-        adapter=lambda wc, input: f"--adapter {input.adapter}" if input.adapter else "",
+        trained=lambda wc, input: (
+            f"--{'merged' if config['evaluation']['trained_model'] == 'merged' else 'adapter'}"
+            f" {input.trained}"
+            if input.trained
+            else ""
+        ),
     conda:
         "../../envs/vllm.yaml"
     log:
@@ -30,7 +35,7 @@ rule evaluate_aggregators:
     shell:
         "HF_HUB_OFFLINE=1 python -m confagg.aggregate --problems {input.problems}"
         " --samples {input.samples} --scores {input.scores} --grades {input.grades}"
-        " --model {input.model} {params.adapter} --settings {params.settings:q}"
+        " --model {input.model} {params.trained} --settings {params.settings:q}"
         " {output} > {log} 2>&1"
 
 

@@ -38,3 +38,24 @@ rule train_aggregator:
         " --train {input.train} --val {input.val} --model {input.model} --out {params.out}"
         " --settings {params.settings:q} --seed {params.seed} --run_name {params.run_name}"
         " --runtime_min {resources.runtime} > {log} 2>&1"
+
+
+rule merge_adapter:
+    """The trained adapter merged into a copy of the aggregator's base model (a plain model
+    folder: evaluation.trained_model "merged" serves it without LoRA; users can ship it)."""
+    input:
+        adapter=f"{OUT}/train/adapter",
+        model=model_dir(config["aggregator"]["model"]),
+    output:
+        directory(f"{OUT}/train/merged"),
+    conda:
+        "../../envs/train.yaml"
+    log:
+        f"{LOGS}/merge_adapter/merge_adapter.log",
+    threads: 4
+    resources:
+        mem_mb=32000,
+        runtime="1h",
+    shell:
+        "HF_HUB_OFFLINE=1 python -m confagg.merge --model {input.model} --adapter {input.adapter}"
+        " {output} > {log} 2>&1"
