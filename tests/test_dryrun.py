@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from conftest import BIN, REPO
+from conftest import REPO, snakemake
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -40,27 +40,17 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
     assert counts["score_shard"] == 64 + 4 * 3 * 2
     assert counts["prepare_problems"] == 5
     assert counts["download_model"] == 1
+    # 4 benchmarks x 3 seeds evaluated, one report per benchmark, one overall summary
+    assert counts["evaluate_seed"] == 4 * 3
+    assert counts["report_benchmark"] == 4
+    assert counts["summarize_results"] == 1
+    assert counts["train_aggregator"] == 1
 
 
 def test_full_scale_dry_run_with_slurm_profile(workdir):
-    proc = subprocess.run(
-        [
-            str(BIN / "snakemake"),
-            "-n",
-            "--quiet",
-            "rules",
-            "--snakefile",
-            str(REPO / "workflow/Snakefile"),
-            "--profile",
-            str(REPO / "profiles/slurm"),
-        ],
-        cwd=workdir,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = snakemake(
+        "-n", "--quiet", "rules", "--profile", str(REPO / "profiles/slurm"), cwd=workdir
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _job_counts(proc.stdout)["sample_shard"] == 88
 
 
@@ -79,16 +69,7 @@ def _jobs(stdout: str) -> list[tuple[str, str]]:
 def test_one_benchmark_report_schedules_nothing_of_the_others(workdir):
     others = ("aime24", "hmmt24", "hmmt25")
     for target in ("report_aime25", "results/qwen3-1.7b/reports/aime25/report.html"):
-        proc = subprocess.run(
-            [str(BIN / "snakemake"), "-n", "--snakefile", str(REPO / "workflow/Snakefile"), target],
-            cwd=workdir,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        jobs = _jobs(proc.stdout)
+        jobs = _jobs(snakemake("-n", target, cwd=workdir).stdout)
         rules = {r for r, _ in jobs}
         assert {"report_benchmark", "evaluate_seed", "sample_shard", "train_aggregator"} <= rules
         assert "summarize_results" not in rules

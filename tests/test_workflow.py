@@ -1,10 +1,11 @@
-"""The real workflow with a tiny random Qwen3 through vLLM: sample -> score, and a shard killed
-midway and rerun."""
+"""The real workflow with a tiny random Qwen3 through vLLM, every stage to the reports; a shard
+killed midway and rerun; sampling reproducible under the seed."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -20,7 +21,7 @@ from confagg.problems import demo_problems, write_problems
 from confagg.sample import parts_dir
 from confagg.tables import GRADES, SAMPLES, SCORES, SETS, read_table
 from confagg.verify import STATUSES
-from conftest import BIN, snakemake
+from conftest import BIN, REPO, SHARED_DATA, snakemake
 
 pytestmark = pytest.mark.integration
 
@@ -71,10 +72,28 @@ def tiny_config(model, **overrides) -> dict:
     return cfg
 
 
-def test_whole_workflow_to_the_report(workdir, tiny_model):
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(tiny_model)))
+REAL_BENCHMARK = SHARED_DATA / "benchmarks" / "aime24.jsonl"  # aime24-02's answer is "025"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model):
+    """One run of the whole workflow: the generated "mini" benchmark, and the first two AIME 2024
+    problems from ../shared/data where that folder exists. Returns (workdir, results folder)."""
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    shutil.copytree(REPO / "config", workdir / "config")
+    cfg = tiny_config(tiny_model)
+    if REAL_BENCHMARK.is_file():
+        cfg["benchmarks"]["aime24"] = {"source": {"path": str(REAL_BENCHMARK)}, "limit": 2}
+        # a real problem is ~700 tokens to the tiny tokenizer: the whole context minus the
+        # aggregator's 16 output tokens
+        cfg["aggregator"]["prompt"]["max_prompt_tokens"] = 1024 - 16
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     snakemake("--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", cwd=workdir)
-    out = workdir / "results/tiny"
+    return workdir, workdir / "results/tiny"
+
+
+def test_whole_workflow_to_the_report(tiny_run):
+    workdir, out = tiny_run
     for dataset, seed, shards, n, problems in [("train_pool", 3, 2, 3, 5), ("mini", 0, 1, 4, 3)]:
         rows = 0
         for shard in range(shards):
@@ -143,12 +162,36 @@ def test_whole_workflow_to_the_report(workdir, tiny_model):
     assert html.count("data:image/png;base64,") == 4
     assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
     assert "| maj@k |" in (out / "reports/mini/summary.md").read_text()
-    assert "mini (k=4)" in (out / "summary.md").read_text()
+    overall = (out / "summary.md").read_text()  # every method at k = m = 2
+    assert "mini (k=2)" in overall and "| aggregator (trained) |" in overall
     # a second run has nothing to do
     proc = snakemake(
         "--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", "-n", cwd=workdir
     )
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(
+    not REAL_BENCHMARK.is_file(), reason=f"needs the shared benchmark file {REAL_BENCHMARK}"
+)
+def test_report_for_a_real_benchmark(tiny_run):
+    """AIME 2024 from ../shared/data read from a local JSONL, sampled, graded, aggregated and
+    reported beside the generated benchmark, in the same run."""
+    _, out = tiny_run
+    gold = [json.loads(line) for line in REAL_BENCHMARK.read_text().splitlines()[:2]]
+    samples = read_table(out / "samples/aime24/seed0/shard0.parquet", SAMPLES)
+    assert samples.column("problem_id").to_pylist() == [p["id"] for p in gold for _ in range(4)]
+    problems = [json.loads(line) for line in (out / "data/aime24.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["answer"]) for p in problems] == [(p["id"], p["answer"]) for p in gold]
+    grades = read_table(out / "grades/aime24/seed0/shard0.parquet", GRADES)
+    assert grades.num_rows == 8 and set(grades.column("status").to_pylist()) <= set(STATUSES)
+    metrics = json.loads((out / "reports/aime24/metrics.json").read_text())
+    assert metrics["benchmark"] == "aime24" and metrics["per_seed"][0]["n_problems"] == 2
+    html = (out / "reports/aime24/report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
+    overall = (out / "summary.md").read_text()
+    assert "aime24 (k=2)" in overall and "mini (k=2)" in overall
 
 
 def _sample_cmd(problems, model, out, chunk=1, n=3):

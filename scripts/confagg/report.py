@@ -80,8 +80,6 @@ def evaluate_seed(
 
 # --- the per-benchmark report -------------------------------------------------------------
 
-_PLOT_METHODS = ("pass", "majority", "weighted:", "top10:", "top90:", "best:")
-
 
 def _fmt(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -100,6 +98,40 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+# Plot styles: colour by method family (a DeepConf filter by its share), line and marker by
+# confidence metric; aggregators (one point each, at k = m) as large stars.
+_FAMILY_COLOURS = {
+    "pass": "tab:olive",
+    "majority": "black",
+    "weighted": "tab:blue",
+    "filter10": "tab:orange",
+    "filter90": "tab:green",
+    "best": "tab:red",
+}
+_METRIC_STYLES = {
+    "mean": ("-", "o"),
+    "bottom_10_percent": ("--", "s"),
+    "lowest_group": ("-.", "^"),
+    "tail": (":", "D"),
+}
+_AGGREGATOR_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:gray")
+
+
+def _line_style(method: pd.Series, aggregator_index: int) -> dict:
+    """matplotlib style of one method's line (``method``: a row with family, metric, eta)."""
+    family = method["family"]
+    if family == "aggregator":
+        colour = _AGGREGATOR_COLOURS[aggregator_index % len(_AGGREGATOR_COLOURS)]
+        return {"color": colour, "marker": "*", "markersize": 13, "linestyle": "none"}
+    if family == "filter":
+        family = f"filter{method['eta']:g}"
+    linestyle, marker = _METRIC_STYLES.get(method["metric"], ("-", "o"))
+    if family in ("pass", "majority"):
+        linestyle, marker = ("--" if family == "pass" else "-"), "o"
+    colour = _FAMILY_COLOURS.get(family, "tab:gray")
+    return {"color": colour, "linestyle": linestyle, "marker": marker, "markersize": 4}
+
+
 def _plots(
     summary: pd.DataFrame, per_seed: pd.DataFrame, candidates: pd.DataFrame, benchmark: str
 ) -> dict[str, str]:
@@ -107,47 +139,38 @@ def _plots(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     plots = {}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, group in summary.groupby("method", sort=False):
-        g = group.sort_values("k")
-        style = "--" if g["family"].iloc[0] in ("pass",) else "-"
-        marker = "*" if g["family"].iloc[0] == "aggregator" else "o"
-        ax.errorbar(
-            g["k"],
-            100 * g["accuracy_mean"],
-            yerr=100 * g["accuracy_std"].fillna(0),
-            label=g["label"].iloc[0],
-            linestyle=style,
-            marker=marker,
-            markersize=4,
-            capsize=2,
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples read)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{benchmark}: accuracy vs k")
-    ax.legend(fontsize=6, ncol=2)
-    plots["accuracy_vs_k"] = _png(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, group in summary.groupby("method", sort=False):
-        g = group.sort_values("tokens_mean")
-        marker = "*" if g["family"].iloc[0] == "aggregator" else "o"
-        ax.plot(
-            g["tokens_mean"],
-            100 * g["accuracy_mean"],
-            marker=marker,
-            markersize=4,
-            label=g["label"].iloc[0],
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens per problem (samples + aggregator calls)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{benchmark}: accuracy vs tokens")
-    ax.legend(fontsize=6, ncol=2)
-    plots["accuracy_vs_tokens"] = _png(fig)
+    for name, x, xlabel in [
+        ("accuracy_vs_k", "k", "k (samples read)"),
+        ("accuracy_vs_tokens", "tokens_mean", "tokens per problem (samples + aggregator calls)"),
+    ]:
+        fig, ax = plt.subplots(figsize=(9, 4.8))
+        aggregators = 0
+        for _, group in summary.groupby("method", sort=False):
+            g = group.sort_values(x)
+            style = _line_style(g.iloc[0], aggregators)
+            aggregators += g["family"].iloc[0] == "aggregator"
+            ax.errorbar(
+                g[x],
+                100 * g["accuracy_mean"],
+                yerr=100 * g["accuracy_std"].fillna(0) if x == "k" else None,
+                label=g["label"].iloc[0],
+                capsize=2,
+                **style,
+            )
+        ax.set_xscale("log", base=2 if x == "k" else 10)
+        if x != "k":  # ticks at 1, 2, 5 x 10^n, written plainly
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{benchmark}: {name.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        plots[name] = _png(fig)
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(12, 3))
     for ax, metric in zip(axes, METRICS, strict=True):
@@ -266,17 +289,22 @@ pass@1: <b>{_fmt(*pass1_stats)}</b> %. Accuracy in %, mean ± std over seeds.</p
 
 
 def build_summary(metrics_files: Sequence[Path], out: Path) -> None:
-    """One table across benchmarks: pass@1, maj@k, and each method at its largest k."""
+    """One table across benchmarks: pass@1 and every method at equal cost, k = m (the
+    aggregators' set size: each answer is drawn from m samples), or at the largest k when no
+    aggregator was evaluated."""
     blocks = []
     for path in metrics_files:
         m = json.loads(Path(path).read_text())
         summary = pd.DataFrame(m["summary"])
-        kmax = int(summary["k"].max())
-        at = summary[summary["k"] == kmax]
-        blocks.append((m["benchmark"], m["pass@1"], at, kmax))
+        set_sizes = summary.loc[summary["family"] == "aggregator", "k"]
+        k = int(set_sizes.max() if len(set_sizes) else summary["k"].max())
+        blocks.append((m["benchmark"], m["pass@1"], summary[summary["k"] == k], k))
     methods = list(dict.fromkeys(label for _, _, at, _ in blocks for label in at["label"]))
     lines = [
-        "# confagg results: accuracy (%), mean ± std over seeds, at each benchmark's largest k",
+        "# confagg results: accuracy (%), mean ± std over seeds",
+        "",
+        "Every method at k = m, the aggregators' set size (each answer drawn from the same m",
+        "samples; the largest k where no aggregator ran). Per-k tables: reports/<benchmark>/.",
         "",
         "| method | " + " | ".join(f"{b} (k={k})" for b, _, _, k in blocks) + " |",
         "|---|" + "---|" * len(blocks),
