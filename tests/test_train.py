@@ -289,6 +289,8 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
             **TRAINING,
             "max_steps": 3,
             "save_steps": 2,
+            "eval_steps": 2,  # GRPO's evaluation on the validation sets, logged as "eval"
+            "eval_sets": 2,
             "wandb": {"enabled": True, "mode": "offline"},
         },
     }
@@ -321,8 +323,12 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
     assert max(float(w.abs().max()) for w in lora_b) > 0
     assert all(torch.isfinite(w).all() for w in weights.values())
 
-    rows = read_log(out / "log.jsonl")
+    rows = [r for r in read_log(out / "log.jsonl") if r["split"] == "train"]
+    evals = [r for r in read_log(out / "log.jsonl") if r["split"] == "eval"]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    # every eval_steps, and after the last step (transformers' Trainer evaluates at the end)
+    assert [r["step"] for r in evals] == [2, 3]
+    assert all(0.0 <= r["reward"] <= 1.0 for r in evals)
     for row in rows:
         assert 0.0 <= row["reward"] <= 1.0
         assert row["kl"] is not None and row["loss"] is not None

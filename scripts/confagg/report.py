@@ -29,7 +29,20 @@ import pandas as pd
 import pyarrow as pa
 
 from confagg.confidence import METRICS
-from confagg.tables import atomic_path, write_json
+from confagg.tables import atomic_path, read_table, write_json, write_table
+
+# One row per evaluation sample of a benchmark x seed (the report's confidence histograms).
+EVAL_CANDIDATES = pa.schema(
+    [
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("num_tokens", pa.int32(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+        *[pa.field(m, pa.float64()) for m in METRICS],
+    ],
+    metadata={"table": "eval_candidates"},
+)
 
 
 def _answer_key(df: pd.DataFrame) -> pd.Series:
@@ -69,12 +82,8 @@ def evaluate_seed(
         }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(result, out_dir / "metrics.json")
-    keep = ["problem_id", "sample_idx", "correct", "num_tokens", "finish_reason", *METRICS]
-    table = pa.Table.from_pandas(df[keep], preserve_index=False)
-    with atomic_path(out_dir / "candidates.parquet") as tmp:
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, tmp)
+    table = pa.Table.from_pandas(df[EVAL_CANDIDATES.names], preserve_index=False)
+    write_table(table, out_dir / "candidates.parquet", EVAL_CANDIDATES)
     return result
 
 
@@ -230,7 +239,9 @@ def build_report(benchmark: str, seed_dirs: Sequence[Path], out_dir: Path) -> No
     from confagg.evaluate_methods import flatten, seed_summary
 
     results = [json.loads((d / "metrics.json").read_text()) for d in seed_dirs]
-    candidates = pd.concat([pd.read_parquet(d / "candidates.parquet") for d in seed_dirs])
+    candidates = pd.concat(
+        [read_table(d / "candidates.parquet", EVAL_CANDIDATES).to_pandas() for d in seed_dirs]
+    )
     summary = seed_summary(results)
     per_seed = pd.concat([flatten(r) for r in results], ignore_index=True)
     pass1 = np.array([r["pass@1"] for r in results], dtype=float)

@@ -91,10 +91,6 @@ def shard_files(step, dataset):
     ]
 
 
-def all_scores():
-    return [f for ds in [POOL, *BENCHMARKS] for f in shard_files("scores", ds)]
-
-
 def sample_settings(wildcards):
     """Everything the sample stage needs from config, as one JSON argument."""
     sampling = dict(config["sampling"], n=samples_per_problem(wildcards.dataset))
