@@ -217,9 +217,10 @@ def wants_gpu(resources: dict[str, str]) -> bool:
 
 
 def list_rules(workdir: Path, *args: str) -> list[str]:
-    """The workflow's rule names (`--list-rules` prints each with its docstring)."""
+    """The workflow's rule names (`--list-rules` prints each with its docstring, whose further
+    lines are indented)."""
     out = snakemake(*args, "--list-rules", cwd=workdir).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [line.split()[0] for line in out.splitlines() if line and not line[0].isspace()]
 
 
 def _setup(workdir: Path, tiny_model: Path, prefix: str, set_resources=None, **config):
