@@ -62,10 +62,8 @@ def test_pins_satisfy_each_others_requirements(path, tmp_path):
         pytest.skip(f"PyPI not reachable: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     pinned = {canonicalize_name(r.name): r for r in pins}
-    versions = {
-        canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
-        for item in json.loads(report.read_text())["install"]
-    }
+    releases = [item["metadata"] for item in json.loads(report.read_text())["install"]]
+    versions = {canonicalize_name(meta["name"]): meta["version"] for meta in releases}
     assert versions.keys() == pinned.keys()
     marker_env = default_environment()
     marker_env.update(
@@ -76,8 +74,7 @@ def test_pins_satisfy_each_others_requirements(path, tmp_path):
         platform_machine="x86_64",
     )
     checked, broken = 0, []
-    for item in json.loads(report.read_text())["install"]:
-        meta = item["metadata"]
+    for meta in releases:
         extras = pinned[canonicalize_name(meta["name"])].extras
         for line in meta.get("requires_dist", []):
             need = Requirement(line)

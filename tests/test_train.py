@@ -323,8 +323,9 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
     assert max(float(w.abs().max()) for w in lora_b) > 0
     assert all(torch.isfinite(w).all() for w in weights.values())
 
-    rows = [r for r in read_log(out / "log.jsonl") if r["split"] == "train"]
-    evals = [r for r in read_log(out / "log.jsonl") if r["split"] == "eval"]
+    logged = read_log(out / "log.jsonl")
+    rows = [r for r in logged if r["split"] == "train"]
+    evals = [r for r in logged if r["split"] == "eval"]
     assert [r["step"] for r in rows] == [1, 2, 3]
     # every eval_steps, and after the last step (transformers' Trainer evaluates at the end)
     assert [r["step"] for r in evals] == [2, 3]

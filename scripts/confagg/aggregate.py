@@ -8,8 +8,8 @@ or with the trained LoRA adapter, and writes ``outputs_per_set`` completions per
 against the gold answer with the shared verifier.
 
 One engine serves every variant, the trained adapter applied per request (vLLM LoRA); or, with
-``--merged``, the base variants run on one engine and the trained ones on a second engine over
-the merged model (``evaluation.trained_model: merged``: vLLM's LoRA is slow on CPU).
+``evaluation.trained_model: merged``, the base variants run on one engine and the trained ones
+on a second engine over the merged model (vLLM's LoRA is slow on CPU).
 """
 
 from __future__ import annotations
@@ -92,36 +92,75 @@ def disjoint_sets(df: pd.DataFrame, m: int) -> list[tuple[str, int, list[dict]]]
     return out
 
 
+def _engine_plan(model: str, trained: str | None, variants: Sequence[Mapping], mode: str):
+    """(engine model, its variants, with LoRA) per engine, started one after the other."""
+    uses_training = [v for v in variants if v["adapter"]]
+    if uses_training and trained is None:
+        raise ValueError("a variant asks for the trained aggregator but none was given")
+    if uses_training and mode == "merged":  # base model, then the merged model
+        base = [v for v in variants if not v["adapter"]]
+        return [(model, base, False), (trained, uses_training, False)]
+    return [(model, list(variants), bool(uses_training))]  # the adapter applied per request
+
+
+def _variant_rows(llm, variant, sets, problems, settings, params, lora, rows) -> None:
+    """Generate one variant's completions for every set and append them to ``rows``."""
+    from confagg.aggregator_prompt import render_prompt
+
+    prompt_cfg = dict(settings["prompt"])
+    prompt_cfg["confidence"] = dict(
+        prompt_cfg.get("confidence") or {}, enabled=bool(variant["confidence"])
+    )
+    tokenizer = llm.get_tokenizer()
+    rendered = [
+        render_prompt(
+            tokenizer,
+            problems[pid]["problem"],
+            cands,
+            prompt_cfg,
+            settings.get("chat_template_kwargs"),
+        )
+        for pid, _, cands in sets
+    ]
+    outputs = llm.generate(
+        [r.text for r in rendered],
+        params,
+        use_tqdm=False,
+        lora_request=lora if variant["adapter"] else None,
+    )
+    for (pid, j, _), prompt, req in zip(sets, rendered, outputs, strict=True):
+        for comp in req.outputs:
+            rows["method"].append(variant["name"])
+            rows["problem_id"].append(pid)
+            rows["set_idx"].append(j)
+            rows["k"].append(settings["set_size"])
+            rows["output_idx"].append(comp.index)
+            rows["text"].append(comp.text)
+            rows["answer"].append(extract_boxed(comp.text))
+            rows["num_tokens"].append(len(comp.token_ids))
+            rows["prompt_tokens"].append(prompt.num_tokens)
+            rows["prompt_truncated"].append(prompt.truncated)
+
+
 def run_variants(
     model: str,
-    adapter: str | None,
+    trained: str | None,
     problems: Mapping[str, dict],
     sets: list,
     variants: Sequence[Mapping],
     settings: Mapping,
     log=print,
-    merged: str | None = None,
 ) -> pa.Table:
     """Generate every variant's outputs for every set; graded AGG_OUTPUTS rows.
 
-    The trained variants run on the base model with ``adapter`` applied per request (vLLM
-    LoRA), or, when ``merged`` (a model folder with the adapter merged in, confagg.merge) is
-    given, on a second engine serving that model."""
-
-    from confagg.aggregator_prompt import render_prompt
-    from confagg.sample import make_engine, release_engine
-    from confagg.verify import verify_many
-
-    trained = [v for v in variants if v["adapter"]]
-    if trained and adapter is None and merged is None:
-        raise ValueError("a variant asks for the trained adapter but none was given")
-    if merged is not None:  # two engines, one after the other: base model, merged model
-        plan = [(model, [v for v in variants if not v["adapter"]], False), (merged, trained, False)]
-    else:  # one engine, the adapter applied per request
-        plan = [(model, list(variants), bool(trained))]
-
+    ``trained`` is the LoRA adapter when ``settings["trained_model"]`` is "lora" (applied per
+    request on the base model's engine), the merged model folder (confagg.merge) when it is
+    "merged" (served by a second engine)."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
+
+    from confagg.sample import make_engine, release_engine
+    from confagg.verify import verify_many
 
     s = settings["sampling"]
     params = SamplingParams(
@@ -131,9 +170,9 @@ def run_variants(
         top_k=s["top_k"],
         max_tokens=s["max_tokens"],
     )
-    m = settings["set_size"]
     rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
-    for engine_model, group, with_lora in plan:
+    mode = settings.get("trained_model", "lora")
+    for engine_model, group, with_lora in _engine_plan(model, trained, variants, mode):
         if not group:
             continue
         engine_kwargs = dict(settings["engine"])
@@ -144,41 +183,9 @@ def run_variants(
             ]
             engine_kwargs.update(enable_lora=True, max_lora_rank=ranks[0] if ranks else 512)
         llm = make_engine(engine_model, settings["seed"], engine_kwargs)
-        tokenizer = llm.get_tokenizer()
-        lora = LoRARequest("trained", 1, str(adapter)) if with_lora else None
+        lora = LoRARequest("trained", 1, str(trained)) if with_lora else None
         for variant in group:
-            prompt_cfg = dict(settings["prompt"])
-            prompt_cfg["confidence"] = dict(
-                prompt_cfg.get("confidence") or {}, enabled=bool(variant["confidence"])
-            )
-            rendered = [
-                render_prompt(
-                    tokenizer,
-                    problems[pid]["problem"],
-                    cands,
-                    prompt_cfg,
-                    settings.get("chat_template_kwargs"),
-                )
-                for pid, _, cands in sets
-            ]
-            outputs = llm.generate(
-                [r.text for r in rendered],
-                params,
-                use_tqdm=False,
-                lora_request=lora if variant["adapter"] else None,
-            )
-            for (pid, j, _), prompt, req in zip(sets, rendered, outputs, strict=True):
-                for comp in req.outputs:
-                    rows["method"].append(variant["name"])
-                    rows["problem_id"].append(pid)
-                    rows["set_idx"].append(j)
-                    rows["k"].append(m)
-                    rows["output_idx"].append(comp.index)
-                    rows["text"].append(comp.text)
-                    rows["answer"].append(extract_boxed(comp.text))
-                    rows["num_tokens"].append(len(comp.token_ids))
-                    rows["prompt_tokens"].append(prompt.num_tokens)
-                    rows["prompt_truncated"].append(prompt.truncated)
+            _variant_rows(llm, variant, sets, problems, settings, params, lora, rows)
             log(f"{variant['name']}: {len(sets)} sets x {s['n']} outputs ({engine_model})")
         release_engine(llm)
         del llm
@@ -196,8 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scores", nargs="+", required=True)
     ap.add_argument("--grades", nargs="+", required=True)
     ap.add_argument("--model", required=True, help="aggregator base model folder")
-    ap.add_argument("--adapter", default=None, help="trained LoRA adapter folder")
-    ap.add_argument("--merged", default=None, help="model folder with the adapter merged in")
+    ap.add_argument(
+        "--trained",
+        default=None,
+        help="the trained LoRA adapter, or the merged model (settings trained_model: merged)",
+    )
     ap.add_argument("--settings", required=True, help="JSON, see the rule evaluate_aggregators")
     ap.add_argument("out")
     args = ap.parse_args(argv)
@@ -207,13 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     sets = disjoint_sets(df, settings["set_size"])
     table = run_variants(
         args.model,
-        args.adapter,
+        args.trained,
         problems,
         sets,
         settings["variants"],
         settings,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        merged=args.merged,
     )
     write_table(table, args.out, AGG_OUTPUTS)
     print(f"wrote {table.num_rows} aggregator outputs to {Path(args.out)}", file=sys.stderr)

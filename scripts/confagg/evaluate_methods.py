@@ -42,37 +42,24 @@ def method_names(metrics: Sequence[str] = METRICS, etas: Sequence[float] = ETAS)
     return names
 
 
+_FIXED_LABELS = {"pass": "pass@k", "majority": "maj@k"}
+_METRIC_LABELS = {"weighted": "weighted vote", "best": "best-of-k"}  # "<label> (<metric>)"
+
+
 def method_info(name: str) -> dict:
     """``family``, ``metric``, ``eta`` and a display ``label`` of a method name; a name this
     module does not know is an aggregator (family "aggregator", labelled by its name)."""
-    if name == "pass":
-        return {"family": "pass", "metric": None, "eta": None, "label": "pass@k"}
-    if name == "majority":
-        return {"family": "majority", "metric": None, "eta": None, "label": "maj@k"}
+    if name in _FIXED_LABELS:
+        return {"family": name, "metric": None, "eta": None, "label": _FIXED_LABELS[name]}
     family, _, metric = name.partition(":")
     if metric in METRICS:
-        if family == "weighted":
-            return {
-                "family": family,
-                "metric": metric,
-                "eta": None,
-                "label": f"weighted vote ({metric})",
-            }
-        if family == "best":
-            return {
-                "family": family,
-                "metric": metric,
-                "eta": None,
-                "label": f"best-of-k ({metric})",
-            }
+        if family in _METRIC_LABELS:
+            label = f"{_METRIC_LABELS[family]} ({metric})"
+            return {"family": family, "metric": metric, "eta": None, "label": label}
         if family.startswith("top"):
             eta = float(family[3:])
-            return {
-                "family": "filter",
-                "metric": metric,
-                "eta": eta,
-                "label": f"DeepConf top {eta:g}% ({metric})",
-            }
+            label = f"DeepConf top {eta:g}% ({metric})"
+            return {"family": "filter", "metric": metric, "eta": eta, "label": label}
     return {"family": "aggregator", "metric": None, "eta": None, "label": name}
 
 

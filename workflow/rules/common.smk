@@ -145,6 +145,7 @@ def aggregate_settings(wildcards):
             "prompt": config["aggregator"]["prompt"],
             "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
             "lora_rank": config["training"]["lora"]["r"],
+            "trained_model": ev["trained_model"],
             "seed": derive_seed(config["seed"], "aggregate", wildcards.benchmark, wildcards.seed),
         },
         sort_keys=True,

@@ -15,12 +15,7 @@ rule evaluate_aggregators:
         f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
     params:
         settings=aggregate_settings,
-        trained=lambda wc, input: (
-            f"--{'merged' if config['evaluation']['trained_model'] == 'merged' else 'adapter'}"
-            f" {input.trained}"
-            if input.trained
-            else ""
-        ),
+        trained=lambda wc, input: f"--trained {input.trained}" if input.trained else "",
     conda:
         "../../envs/vllm.yaml"
     log:
