@@ -30,9 +30,10 @@ def bench_sampling(model: str, n_problems: int, n: int, max_tokens: int, chunk: 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import yaml
 
+    from confagg.engine import make_engine, sampling_params
     from confagg.problems import demo_problems
     from confagg.prompts import render, solver_messages
-    from confagg.sample import make_engine, sample_shard, sampling_params
+    from confagg.sample import sample_shard
 
     demo = yaml.safe_load((REPO / "config/demo.yaml").read_text())
     settings = {

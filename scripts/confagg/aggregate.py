@@ -159,7 +159,7 @@ def run_variants(
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from confagg.sample import make_engine, release_engine
+    from confagg.engine import make_engine, release_engine
     from confagg.verify import verify_many
 
     s = settings["sampling"]

@@ -11,9 +11,10 @@ the folder appears only when it is complete.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
+
+from confagg.tables import atomic_dir
 
 
 def merge_adapter(model: str, adapter: str, out: str | Path) -> Path:
@@ -21,16 +22,12 @@ def merge_adapter(model: str, adapter: str, out: str | Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     base = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    merged.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(model).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(model).save_pretrained(tmp)
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> None:

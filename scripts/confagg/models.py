@@ -25,11 +25,11 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from confagg.tables import atomic_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,41 +65,6 @@ CHATML_TEMPLATE = (
 
 TINY_QWEN3_MAX_POSITIONS = 4096
 TINY_QWEN3_VOCAB_TARGET = 1024
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic folder writing
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``out_dir``; on success rename it onto ``out_dir``.
-
-    An existing ``out_dir`` is replaced (moved aside first, removed after the rename). On any
-    error the temporary folder is removed and ``out_dir`` is left as it was.
-    """
-    final = Path(out_dir).absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = final.parent / f".{final.name}.tmp-{tag}"
-    tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp's 0700
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{tag}"
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            if old is not None:
-                os.replace(old, final)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +206,7 @@ def convert_smollm2(
         bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"]
     )
 
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
@@ -386,7 +351,7 @@ def build_tiny_qwen3(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     model.eval()
     model.generation_config = GenerationConfig(eos_token_id=ids["eos"], pad_token_id=ids["pad"])
 
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from confagg.answers import extract_boxed
 from confagg.confidence import token_confidence
+from confagg.engine import make_engine, sampling_params
 from confagg.problems import read_problems, shard_of
 from confagg.prompts import render, solver_messages
 from confagg.seeds import derive_seed
@@ -36,43 +37,6 @@ from confagg.tables import SAMPLES, read_table, write_table
 def parts_dir(out: str | os.PathLike) -> Path:
     """Where a shard keeps its finished chunks until it is complete."""
     return Path(f"{out}.parts")
-
-
-def make_engine(model: str, seed: int, engine_kwargs: Mapping):
-    """A vLLM engine; in-process on CPU (fast start, no ``__main__`` guard needed)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM
-
-    return LLM(model=model, seed=seed, **dict(engine_kwargs))
-
-
-def release_engine(llm) -> None:
-    """Shut an engine down and tear down vLLM's process-wide state, so that another engine can
-    start in this process (the caller drops its last reference to ``llm``)."""
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    llm.llm_engine.engine_core.shutdown()
-    cleanup_dist_env_and_memory()
-
-
-def sampling_params(sampling: Mapping):
-    """vLLM ``SamplingParams`` from the config's ``sampling`` section (flat logprobs: one
-    array per sample instead of a dict per token)."""
-    from vllm import SamplingParams
-
-    return SamplingParams(
-        n=sampling["n"],
-        temperature=sampling["temperature"],
-        top_p=sampling["top_p"],
-        top_k=sampling["top_k"],
-        min_p=sampling.get("min_p", 0.0),
-        max_tokens=sampling["max_tokens"],
-        logprobs=sampling["logprobs"],
-        flat_logprobs=True,
-    )
 
 
 def outputs_to_table(problem_ids: list[str], request_outputs, k: int) -> pa.Table:

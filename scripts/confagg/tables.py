@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +112,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``out_dir``; on success rename it onto ``out_dir``.
+
+    An existing ``out_dir`` is replaced (moved aside first, removed after the rename). On any
+    error the temporary folder is removed and ``out_dir`` is left as it was.
+    """
+    final = Path(out_dir).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = final.parent / f".{final.name}.tmp-{tag}"
+    tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp's 0700
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{tag}"
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
