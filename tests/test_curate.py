@@ -12,8 +12,24 @@ import pytest
 
 from confagg import curate as c
 from confagg.confidence import METRICS
+from confagg.config import validate
 from confagg.problems import write_problems
-from confagg.tables import GRADES, SAMPLES, SCORES, SETS, read_table, write_table
+from confagg.tables import GRADES, SAMPLES, SCORES, SETS, load_candidates, read_table, write_table
+from conftest import REPO
+
+
+def curation(**overrides) -> dict:
+    """The validated config's ``curation`` section (schema defaults + ``overrides``) as the
+    rule curate_sets passes it: without the verifier's keys."""
+    config = {
+        "run_name": "t",
+        "generator": {"model": "smollm2-135m-instruct"},
+        "training_pool": {"source": {"demo": {"n": 1, "seed": 0}}},
+        "benchmarks": {"b": {"source": {"demo": {"n": 1, "seed": 0}}}},
+        "curation": overrides,
+    }
+    validate(config, REPO / "workflow/schemas/config.schema.yaml")
+    return {k: v for k, v in config["curation"].items() if not k.startswith("verify_")}
 
 
 def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
@@ -95,7 +111,7 @@ def run(tmp_path, pool_paths, settings=None, benchmarks=(), run_seed=0):
     c.main(
         ["--problems", str(tmp_path / "pool.jsonl"), "--samples", *samples, "--scores", *scores,
          "--grades", *grades, "--benchmarks", *map(str, benchmarks),
-         "--settings", json.dumps(settings or {}), "--run-seed", str(run_seed),
+         "--settings", json.dumps(curation(**(settings or {}))), "--run-seed", str(run_seed),
          "--train", str(out / "train.parquet"), "--val", str(out / "val.parquet"),
          "--summary", str(out / "summary.json")]
     )  # fmt: skip
@@ -312,8 +328,8 @@ def test_mismatched_shards_are_refused_with_the_file(tmp_path):
     with pytest.raises(
         ValueError, match=r"grades/shard1\.parquet: its rows do not match .*samples/shard0"
     ):
-        c.load_pool(samples, scores, grades[::-1])
+        load_candidates(samples, scores, grades[::-1])
     with pytest.raises(ValueError, match="one of each per shard"):
-        c.load_pool(samples, scores[:1], grades)
+        load_candidates(samples, scores[:1], grades)
     with pytest.raises(ValueError, match="more than one shard"):
-        c.load_pool(samples * 2, scores * 2, grades * 2)
+        load_candidates(samples * 2, scores * 2, grades * 2)

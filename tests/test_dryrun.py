@@ -43,7 +43,7 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
     # 4 benchmarks x 3 seeds evaluated, one report per benchmark, one overall summary
     assert counts["evaluate_seed"] == 4 * 3
     assert counts["report_benchmark"] == 4
-    assert counts["summarize_results"] == 1
+    assert counts["report_summary"] == 1
     assert counts["train_aggregator"] == 1
 
 
@@ -72,7 +72,7 @@ def test_one_benchmark_report_schedules_nothing_of_the_others(workdir):
         jobs = _jobs(snakemake("-n", target, cwd=workdir).stdout)
         rules = {r for r, _ in jobs}
         assert {"report_benchmark", "evaluate_seed", "sample_shard", "train_aggregator"} <= rules
-        assert "summarize_results" not in rules
+        assert "report_summary" not in rules
         for rule, wildcards in jobs:
             # the training data's contamination guard reads every benchmark's problems
             if rule != "prepare_problems":

@@ -1,5 +1,6 @@
-"""Aggregation methods and metrics against hand-computed values (confagg.methods,
-confagg.evaluate_methods)."""
+"""Aggregation methods and metrics against hand-computed values (confagg.methods, answer
+grouping in confagg.grouping, a benchmark x seed's metrics in confagg.evaluate, and the seeds'
+summary of confagg.report)."""
 
 import copy
 import itertools
@@ -12,7 +13,9 @@ import pytest
 
 from confagg import methods as mt
 from confagg.confidence import METRICS
-from confagg.evaluate_methods import evaluate_benchmark, flatten, method_names, seed_summary
+from confagg.evaluate import evaluate_benchmark, method_names
+from confagg.grouping import normalise_answer
+from confagg.report import flatten, seed_summary
 
 # ---------------------------------------------------------------------------------------------
 # pass@k
@@ -73,13 +76,13 @@ def test_pass_at_1_is_mean_correctness():
 
 
 def test_normalise_answer_groups_aime_integers():
-    assert mt.normalise_answer("025") == mt.normalise_answer("$25$") == "25"
-    assert mt.normalise_answer(" 25. ") == mt.normalise_answer("25.0") == "25"
-    assert mt.normalise_answer("1,000") == "1000"
-    assert mt.normalise_answer("\\dfrac{1}{2}") == mt.normalise_answer("\\frac{1}{2}")
-    assert mt.normalise_answer("\\text{(A)}") == "(A)"
-    assert mt.normalise_answer(None) is None
-    assert mt.normalise_answer("  ") is None
+    assert normalise_answer("025") == normalise_answer("$25$") == "25"
+    assert normalise_answer(" 25. ") == normalise_answer("25.0") == "25"
+    assert normalise_answer("1,000") == "1000"
+    assert normalise_answer("\\dfrac{1}{2}") == normalise_answer("\\frac{1}{2}")
+    assert normalise_answer("\\text{(A)}") == "(A)"
+    assert normalise_answer(None) is None
+    assert normalise_answer("  ") is None
 
 
 def test_answer_codes_none_is_no_answer():
@@ -105,6 +108,14 @@ def test_none_answers_never_win():
     np.testing.assert_array_equal(w, [-1, 0])
     # a set that picks nothing is wrong even when some candidate is marked correct
     np.testing.assert_array_equal(mt.picked_correct(w, [[True, True], [True, False]]), [0, 1])
+
+
+def test_majority_top_lists_the_tied_answers_in_set_order():
+    assert mt.majority_top(["b", "a", "a", "b", "c"]) == [0, 1]  # b and a tie at 2
+    assert mt.majority_top([None, "a", "b", "b"]) == [2]
+    assert mt.majority_top([None, None]) == []
+    for keys in (["c", "a", "b", "a", "b"], ["a", None, "a"], ["x"]):
+        assert mt.majority_top(keys)[0] == mt.majority_vote(keys)  # the same pick
 
 
 def test_weighted_vote_flips_the_majority():

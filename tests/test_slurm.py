@@ -333,4 +333,4 @@ def test_profile_names_only_rules_that_exist(workdir):
     rules = set(list_rules(workdir))
     assert set(profile["set-resources"]) <= rules, set(profile["set-resources"]) - rules
     gpu_rules = {r for r, res in profile["set-resources"].items() if "slurm_partition" in res}
-    assert {"sample_shard", "evaluate_aggregators", "train_aggregator"} <= gpu_rules
+    assert {"sample_shard", "aggregate_sets", "train_aggregator"} <= gpu_rules

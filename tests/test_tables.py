@@ -64,3 +64,14 @@ def test_score_table(tmp_path):
     assert scores.column("mean").to_pylist() == [2.0, 3.5]
     assert scores.column("tail").to_pylist() == [3.0, 8.0]
     assert scores.column("lowest_group").to_pylist() == [2.0, 2.0]
+
+
+def test_read_table_columns_reads_only_those(tmp_path):
+    table = _samples([[1.0, 2.0], [3.0]])
+    write_table(table, tmp_path / "s.parquet", SAMPLES)
+    part = read_table(tmp_path / "s.parquet", SAMPLES, ["answer", "problem_id"])
+    assert part.column_names == ["answer", "problem_id"]
+    assert part.schema.field("answer") == SAMPLES.field("answer")
+    assert part.column("answer").to_pylist() == table.column("answer").to_pylist()
+    with pytest.raises(ValueError, match=r"\['tokens'\] are not in the samples table"):
+        read_table(tmp_path / "s.parquet", SAMPLES, ["tokens"])

@@ -3,6 +3,7 @@ runs stopped by a signal or killed outright that resume where their checkpoint l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,18 +16,19 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from confagg import config as cfg
 from confagg.config import ConfigError
-from confagg.tables import SETS, write_table
-from confagg.train import (
+from confagg.resume import (
     complete_checkpoint,
-    correct,
     job_deadline,
     last_checkpoint,
-    load_settings,
     prepare_checkpoints,
     read_log,
     trim_log,
 )
+from confagg.settings import SettingsError, from_mapping, to_dict
+from confagg.tables import SETS, write_table
+from confagg.train import Settings, Training, correct, grpo_config
 from conftest import BIN, REPO, snakemake
 
 PROMPT = {"max_prompt_tokens": 512, "confidence": {"metric": "tail"}}
@@ -76,22 +78,63 @@ def _sets(n: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SETS)
 
 
+def validated(**sections) -> dict:
+    """The ``aggregator`` and ``training`` sections of a config validated as the Snakefile
+    does it (schema defaults filled in)."""
+    config = {
+        "run_name": "t",
+        "generator": {"model": "smollm2-135m-instruct"},
+        "training_pool": {"source": {"demo": {"n": 2, "seed": 1}}},
+        "benchmarks": {"mini": {"source": {"demo": {"n": 2, "seed": 2}}}},
+        **sections,
+    }
+    cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
+    return {k: config[k] for k in ("aggregator", "training")}
+
+
 def test_settings_take_schema_defaults_and_name_bad_keys():
-    settings = load_settings(json.dumps({"training": {"beta": 0.01, "lora": {"r": 8}}}))
-    training = settings["training"]
-    assert training["beta"] == 0.01 and training["lora"] == {
+    settings = from_mapping(Settings, validated(training={"beta": 0.01, "lora": {"r": 8}}))
+    training = settings.training
+    assert training.beta == 0.01 and to_dict(training.lora) == {
         "r": 8,
         "alpha": 32,
         "dropout": 0.1,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     }
-    assert (training["num_generations"], training["temperature"]) == (8, 1.5)
-    assert training["learning_rate"] == 5e-5 and training["num_train_epochs"] == 1
-    assert settings["aggregator"]["prompt"]["confidence"]["enabled"] is True
+    assert (training.num_generations, training.temperature) == (8, 1.5)
+    assert training.learning_rate == 5e-5 and training.num_train_epochs == 1
+    assert settings.aggregator.prompt["confidence"]["enabled"] is True
     with pytest.raises(ConfigError, match=r"training\.lora"):
-        load_settings(json.dumps({"training": {"lora": {"rank": 8}}}))
+        validated(training={"lora": {"rank": 8}})
     with pytest.raises(ConfigError, match="num_generations"):
-        load_settings(json.dumps({"training": {"num_generations": 1}}))
+        validated(training={"num_generations": 1})
+    # a rule that passes a section without a key is a bug the stage names
+    partial = validated()
+    del partial["training"]["lora"]["alpha"]
+    with pytest.raises(SettingsError, match=r"settings\.training\.lora.*\['alpha'\]"):
+        from_mapping(Settings, partial)
+
+
+def test_grpo_config_takes_training_keys_by_name(tmp_path):
+    training = {"beta": 0.02, "loss_type": "grpo", "save_steps": 7, "max_steps": None}
+    s = from_mapping(Settings, validated(training=training))
+    args = grpo_config(s, tmp_path, seed=5, run_name="r")
+    assert (args.beta, args.loss_type, args.save_steps) == (0.02, "grpo", 7)
+    assert args.max_steps == -1 and args.use_cpu and not args.bf16  # this CPU machine
+    assert (args.learning_rate, args.num_generations, args.temperature) == (5e-5, 8, 1.5)
+    assert args.vllm_gpu_memory_utilization == 0.3 and args.vllm_enable_sleep_mode is False
+    assert args.vllm_max_model_length == 16384 + 8192  # prompt budget + completion limit
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.seed == 5
+
+    # a key added to the schema (and to Training) that is no GRPOConfig field and that the
+    # trainer does not read would be ignored silently: it stops the run instead
+    @dataclasses.dataclass(frozen=True)
+    class WithStray(Training):
+        warmup_ratioo: float = 0.1
+
+    stray = dataclasses.replace(s, training=WithStray(**vars(s.training)))
+    with pytest.raises(SettingsError, match=r"training: \['warmup_ratioo'\]"):
+        grpo_config(stray, tmp_path, seed=5, run_name="r")
 
 
 def test_reward_is_one_only_for_a_verified_final_box():
@@ -168,14 +211,14 @@ def format_model(tiny_model, tmp_path_factory) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from confagg.aggregator_prompt import render_prompt
-    from confagg.train import load_settings
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    cfg = load_settings(json.dumps({"aggregator": {"prompt": PROMPT}}))["aggregator"]["prompt"]
+    prompt_cfg = validated(aggregator={"prompt": PROMPT})["aggregator"]["prompt"]
     seqs = []
     for row in _sets(4).to_pylist():
-        prompt = tok(render_prompt(tok, row["problem"], row["candidates"], cfg).text)["input_ids"]
+        text = render_prompt(tok, row["problem"], row["candidates"], prompt_cfg).text
+        prompt = tok(text)["input_ids"]
         for answer in ANSWERS:
             done = tok(f"The answer is \\boxed{{{answer}}}.<|im_end|>", add_special_tokens=False)
             seqs.append((prompt + done["input_ids"], [-100] * len(prompt) + done["input_ids"]))
@@ -197,7 +240,8 @@ def format_model(tiny_model, tmp_path_factory) -> Path:
 
 
 def _settings(**training) -> str:
-    return json.dumps({"aggregator": {"prompt": PROMPT}, "training": {**TRAINING, **training}})
+    """The --settings JSON the rule passes: the validated config's two sections."""
+    return json.dumps(validated(aggregator={"prompt": PROMPT}, training={**TRAINING, **training}))
 
 
 def _launch(train: Path, model: Path, out: Path, settings: str) -> list[str]:

@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from confagg.aggregate import AGG_OUTPUTS
 from confagg.confidence import METRICS
 from confagg.problems import demo_problems, write_problems
 from confagg.sample import parts_dir
-from confagg.tables import GRADES, SAMPLES, SCORES, SETS, read_table
+from confagg.tables import AGG_OUTPUTS, GRADES, SAMPLES, SCORES, SETS, read_table
 from confagg.verify import STATUSES
 from conftest import BIN, REPO, SHARED_DATA, snakemake
 

@@ -1,6 +1,7 @@
 """AggLM training sets from the graded, scored training pool.
 
-Steps (AggLM, Zhao et al. 2025; definitions in ../shared/BRIEF.md):
+Steps (AggLM, Zhao et al. 2025, "The Majority is not always right: RL training for solution
+aggregation"):
 
 1. Join every training-pool shard's samples, scores and grades on (problem_id, sample_idx).
 2. **Contamination guard**: a pool problem whose normalised text (``problem_key``) equals a
@@ -10,12 +11,10 @@ Steps (AggLM, Zhao et al. 2025; definitions in ../shared/BRIEF.md):
 4. Split problems 80/20 into train/validation (seeded), so no problem is in both.
 5. Per problem, ``s`` sets of ``m`` candidates, each drawn without replacement from the
    problem's samples (a problem with fewer than ``m`` samples gets none; sets may overlap).
-   **Majority rule**: an answerless candidate abstains; every correct candidate votes for the
-   gold answer (math-verify already decided they agree, however written: ``0.5`` and
-   ``\\frac12`` count together); a wrong answer votes for its normalised string. A set is
-   **easy** when the gold answer has strictly more votes than every wrong answer and **hard**
-   otherwise: a tie, or a set without any answer, is hard (majority voting does not reliably
-   reach the right answer there).
+   **Majority rule**: answers vote in the groups of confagg.grouping (an answerless candidate
+   abstains); a set is **easy** when the majority answer (confagg.methods.majority_top) is
+   correct and no other answer ties it, and **hard** otherwise: a tie, or a set without any
+   answer, is hard (majority voting does not reliably reach the right answer there).
 6. In each split, keep every hard set plus ``round(p * hard)`` easy sets, taken round-robin
    over the problems with easy sets in a seeded order (one per problem first, then a second,
    ...), so they spread over as many problems as possible.
@@ -36,7 +35,7 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,75 +45,34 @@ import pyarrow.parquet as pq
 
 from confagg.answers import after_think
 from confagg.confidence import METRICS
+from confagg.grouping import answer_keys
+from confagg.methods import majority_top
 from confagg.problems import read_problems
 from confagg.seeds import derive_seed
-from confagg.tables import GRADES, SCORES, SETS, read_table, write_json, write_table
-from confagg.verify import normalise
-
-KEY = ["problem_id", "sample_idx"]
-_LIGHT = ["problem_id", "sample_idx", "answer", "num_tokens", "finish_reason"]
+from confagg.settings import load
+from confagg.tables import SETS, load_candidates, write_json, write_table
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The config's ``curation`` section (the seed already resolved)."""
+    """The config's ``curation`` section without the verifier's keys (the rule curate_sets)."""
 
-    sets_per_problem: int = 16
-    set_size: int = 8
-    easy_ratio: float = 0.5
-    val_fraction: float = 0.2
-    drop_no_answer: bool = False
-    drop_truncated: bool = False
-    seed: int = 0
+    sets_per_problem: int
+    set_size: int
+    easy_ratio: float
+    val_fraction: float
+    drop_no_answer: bool
+    drop_truncated: bool
+    seed: int | None  # null: derived from the run seed (:func:`with_seed`)
 
-    @classmethod
-    def from_config(cls, section: Mapping, run_seed: int) -> Settings:
-        """From config ``curation`` (extra keys such as the verifier's are ignored); a null
-        seed is derived from the run seed."""
-        names = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in section.items() if k in names}
-        if values.get("seed") is None:
-            values["seed"] = derive_seed(run_seed, "curate")
-        return cls(**values)
+    def with_seed(self, run_seed: int) -> Settings:
+        """These settings with a null seed derived from the run seed."""
+        if self.seed is not None:
+            return self
+        return replace(self, seed=derive_seed(run_seed, "curate"))
 
 
 # -------------------------------------------------------------------------- reading
-
-
-def _read_light(path: str) -> pd.DataFrame:
-    names = pq.read_schema(path).names
-    missing = [c for c in _LIGHT if c not in names]
-    if missing:
-        raise ValueError(f"{path}: not a samples table (missing columns {missing})")
-    return pq.read_table(path, columns=_LIGHT).to_pandas()
-
-
-def load_pool(samples: Sequence[str], scores: Sequence[str], grades: Sequence[str]) -> pd.DataFrame:
-    """One row per sample (without its text): answer, tokens, finish reason, metrics, verdict,
-    and where its text is (``shard``, ``row``). Shards pair up by position in the lists."""
-    if not len(samples) == len(scores) == len(grades):
-        raise ValueError(
-            f"{len(samples)} samples, {len(scores)} scores and {len(grades)} grades shards: "
-            "expected one of each per shard"
-        )
-    frames = []
-    for shard, (sa, sc, gr) in enumerate(zip(samples, scores, grades, strict=True)):
-        df = _read_light(sa)
-        df["shard"], df["row"] = shard, np.arange(len(df))
-        for path, schema in ((sc, SCORES), (gr, GRADES)):
-            other = read_table(path, schema).to_pandas()
-            if len(other) != len(df) or not other[KEY].equals(df[KEY]):
-                raise ValueError(f"{path}: its rows do not match the samples of {sa}")
-            df = pd.concat([df, other.drop(columns=KEY)], axis=1)
-        frames.append(df)
-    if not frames:
-        raise ValueError("no training-pool shards given")
-    df = pd.concat(frames, ignore_index=True)
-    dup = df.duplicated(KEY)
-    if dup.any():
-        pid, idx = df.loc[dup, KEY].iloc[0]
-        raise ValueError(f"sample {pid!r}/{idx} appears in more than one shard")
-    return df
 
 
 def attach_texts(sets: list[dict], samples: Sequence[str]) -> None:
@@ -163,22 +121,14 @@ def contaminated(pool: Sequence[Mapping], benchmarks: Mapping[str, Sequence[Mapp
 
 
 def majority(answers: Sequence[str | None], correct: Sequence[bool]) -> tuple[bool, str | None]:
-    """(hard, majority answer) of one set under the module's majority rule."""
-    votes: Counter = Counter()
-    shown: dict = {}  # vote key -> the first answer text seen for it
-    for answer, ok in zip(answers, correct, strict=True):
-        if answer is None:
-            continue
-        key = True if ok else normalise(answer)
-        votes[key] += 1
-        shown.setdefault(key, answer)
-    gold_votes = votes.pop(True, 0)
-    wrong = max(votes.values(), default=0)
-    if gold_votes > wrong:
-        return False, shown[True]
-    if wrong == 0:
+    """(hard, majority answer) of one set under the module's majority rule; the answer shown
+    for a tie is the first seen of the tied wrong answers."""
+    top = majority_top(answer_keys(answers, correct))
+    if len(top) == 1 and correct[top[0]]:
+        return False, answers[top[0]]
+    if not top:
         return True, None
-    return True, shown[next(k for k, n in votes.items() if n == wrong)]  # first seen of the tied
+    return True, answers[next((i for i in top if not correct[i]), top[0])]
 
 
 def build_sets(
@@ -309,7 +259,8 @@ def curate(
     settings: Settings,
 ) -> tuple[list[dict], list[dict], dict]:
     """(train sets, validation sets, summary) from the pool's problems and joined samples
-    (``load_pool``). Candidates still carry ``shard``/``row`` in place of ``text``."""
+    (``tables.load_candidates``). Candidates still carry ``shard``/``row`` in place of
+    ``text``."""
     by_id = {p["id"]: p for p in problems}
     unknown = sorted(set(pool["problem_id"]) - by_id.keys())
     if unknown:
@@ -384,17 +335,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scores", nargs="+", required=True, help="scores shards, same order")
     ap.add_argument("--grades", nargs="+", required=True, help="grades shards, same order")
     ap.add_argument("--benchmarks", nargs="*", default=[], help="benchmark problem JSONLs")
-    ap.add_argument("--settings", default="{}", help="the config's curation section, as JSON")
+    ap.add_argument("--settings", required=True, help="JSON, see the rule curate_sets")
     ap.add_argument("--run-seed", type=int, default=0, help="derives the seed when it is null")
     ap.add_argument("--train", required=True, help="training sets (parquet) to write")
     ap.add_argument("--val", required=True, help="validation sets (parquet) to write")
     ap.add_argument("--summary", required=True, help="summary (JSON) to write")
     args = ap.parse_args(argv)
 
-    settings = Settings.from_config(json.loads(args.settings), args.run_seed)
+    settings = load(Settings, args.settings).with_seed(args.run_seed)
     problems = read_problems(args.problems)
     benchmarks = {Path(b).stem: read_problems(b) for b in args.benchmarks}
-    pool = load_pool(args.samples, args.scores, args.grades)
+    pool = load_candidates(args.samples, args.scores, args.grades)
     train, val, summary = curate(problems, pool, benchmarks, settings)
     attach_texts(train + val, args.samples)
     write_table(sets_table(train), args.train, SETS)

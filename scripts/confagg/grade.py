@@ -13,26 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from confagg.problems import read_problems
-from confagg.tables import GRADES, SAMPLES, write_table
+from confagg.tables import GRADES, SAMPLES, read_table, write_table
 from confagg.verify import DEFAULT_TIMEOUT, verify_many
-
-_COLUMNS = ["problem_id", "sample_idx", "answer"]
-
-
-def read_answers(path: str | Path) -> pa.Table:
-    """The (problem_id, sample_idx, answer) columns of a samples shard, without the texts."""
-    names = pq.read_schema(path).names
-    missing = [c for c in _COLUMNS if c not in names]
-    if missing:
-        raise ValueError(f"{path}: not a samples table (missing columns {missing})")
-    table = pq.read_table(path, columns=_COLUMNS)
-    return table.cast(pa.schema([SAMPLES.field(c) for c in _COLUMNS]))
 
 
 def grade(
@@ -66,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out", help="the grades table to write (parquet)")
     args = ap.parse_args(argv)
     gold = {p["id"]: p["answer"] for p in read_problems(args.problems)}
-    samples = read_answers(args.samples)
+    samples = read_table(args.samples, SAMPLES, ["problem_id", "sample_idx", "answer"])
     try:
         grades = grade(samples, gold, args.processes, args.timeout)
     except KeyError as e:

@@ -5,8 +5,7 @@ A *set* is ``k`` candidate solutions of one problem. Set-level functions take ar
 
 * ``keys``: the answer's equivalence id, an int code with ``-1`` for "no answer" (strings or
   ``None`` are accepted too and coded with :func:`answer_codes`). Two candidates vote for the same
-  answer exactly when their keys are equal: callers pass the verifier's canonical answer, or
-  group raw answers with :func:`normalise_answer`.
+  answer exactly when their keys are equal: callers group answers with confagg.grouping.
 * ``conf``: one DeepConf confidence metric (``confagg.confidence.METRICS``), higher = more
   confident, non-negative (``C_i = -mean(top-k logprobs) >= 0``); NaN counts as weight 0 and
   ranks last.
@@ -35,8 +34,6 @@ Rules shared by every method (one rule everywhere, so the methods differ only in
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 
@@ -45,33 +42,6 @@ NO_ANSWER = -1
 
 # ---------------------------------------------------------------------------------------------
 # Answers
-
-
-_LATEX_NOISE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+")
-_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\{([^{}]*)\}")
-_INTEGER = re.compile(r"[+-]?\d+(?:\.0*)?")
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+")
-
-
-def normalise_answer(answer: str | None) -> str | None:
-    """A light canonical string for grouping answers when no verifier key is available.
-
-    Drops surrounding ``$``, spacing commands, ``\\left``/``\\right`` and whitespace, a trailing
-    period, and ``\\text{}``-like wrappers; ``\\dfrac``/``\\tfrac`` become ``\\frac``; integers lose
-    leading zeros, thousands separators and a ``.0`` (AIME's ``025`` is ``25``). ``None`` or an
-    empty answer gives ``None``. Not a verifier: ``1/2`` and ``\\frac{1}{2}`` stay different.
-    """
-    if answer is None or (isinstance(answer, float) and np.isnan(answer)):
-        return None
-    s = str(answer).strip().rstrip(".").strip().strip("$")
-    s = _TEXT_WRAP.sub(r"\1", s)
-    s = _LATEX_NOISE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.rstrip(".")
-    if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
-    if _INTEGER.fullmatch(s):
-        s = str(int(s.split(".")[0]))
-    return s or None
 
 
 def answer_codes(keys) -> np.ndarray:
@@ -190,6 +160,23 @@ def majority_vote(keys):
     single, (k_arr,) = _batch(keys)
     voters = k_arr >= 0
     return _unpack(single, _vote(k_arr, voters.astype(np.float64), voters))
+
+
+def majority_top(keys) -> list[int]:
+    """Of one set: the position of the first candidate of every answer with the most votes, in
+    set order (empty when nobody answered). The first is :func:`majority_vote`'s pick; more than
+    one means the majority is tied."""
+    codes = answer_codes(keys)
+    answered = codes[codes >= 0]
+    if answered.size == 0:
+        return []
+    values, counts = np.unique(answered, return_counts=True)
+    top = set(values[counts == counts.max()].tolist())
+    firsts = {}
+    for pos, code in enumerate(codes.tolist()):
+        if code in top:
+            firsts.setdefault(code, pos)
+    return sorted(firsts.values())
 
 
 def weighted_vote(keys, conf):

@@ -1,16 +1,10 @@
-"""Evaluation metrics per benchmark x seed, and the per-benchmark report.
+"""The reports: one per benchmark from its seeds' metrics, and one table across benchmarks.
 
-* ``python -m confagg.report seed ...``: every method (confagg.evaluate_methods) on one
-  benchmark x seed, from its samples, scores, grades and aggregator outputs -> ``metrics.json``
-  and ``candidates.parquet`` (one row per sample: verdict, tokens, the four metrics).
-* ``python -m confagg.report benchmark ...``: one benchmark's seeds -> ``report.html``
-  (self-contained, plots embedded), ``metrics.json`` (every number of the HTML, per seed and
-  mean ± std over seeds) and ``summary.md`` (a table to paste into a paper).
+* ``python -m confagg.report benchmark ...``: one benchmark's seeds (each a ``metrics.json`` of
+  confagg.evaluate and its ``candidates.parquet``) -> ``report.html`` (self-contained, plots
+  embedded; the page is ``templates/report.html``), ``metrics.json`` (every number of the
+  HTML, per seed and mean ± std over seeds) and ``summary.md`` (a table to paste into a paper).
 * ``python -m confagg.report summary ...``: every benchmark's ``metrics.json`` -> one table.
-
-Answer keys for voting: answers the verifier graded correct are all equivalent to the gold
-answer, hence to each other, and share one key; the others are grouped by normalised string
-(confagg.methods.normalise_answer).
 """
 
 from __future__ import annotations
@@ -21,70 +15,58 @@ import html
 import io
 import json
 import math
+import string
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from confagg.confidence import METRICS
-from confagg.tables import atomic_path, read_table, write_json, write_table
+from confagg.tables import EVAL_CANDIDATES, atomic_path, read_table, write_json
 
-# One row per evaluation sample of a benchmark x seed (the report's confidence histograms).
-EVAL_CANDIDATES = pa.schema(
-    [
-        pa.field("problem_id", pa.string(), nullable=False),
-        pa.field("sample_idx", pa.int32(), nullable=False),
-        pa.field("correct", pa.bool_(), nullable=False),
-        pa.field("num_tokens", pa.int32(), nullable=False),
-        pa.field("finish_reason", pa.string(), nullable=False),
-        *[pa.field(m, pa.float64()) for m in METRICS],
-    ],
-    metadata={"table": "eval_candidates"},
-)
+# The page of one benchmark's report (string.Template: $name placeholders, CSS braces as is).
+_TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+
+# --- tables of the evaluation's results ------------------------------------------------
 
 
-def _answer_key(df: pd.DataFrame) -> pd.Series:
-    from confagg.methods import normalise_answer
-
-    keys = df["answer"].map(lambda a: None if a is None else "n:" + normalise_answer(a))
-    return keys.where(~df["correct"].astype(bool), "gold")
-
-
-def evaluate_seed(
-    samples: Sequence[str],
-    scores: Sequence[str],
-    grades: Sequence[str],
-    aggregator: str | None,
-    ks: Sequence[int],
-    seed: int,
-    out_dir: Path,
-) -> dict:
-    """metrics.json + candidates.parquet for one benchmark x seed (returns the metrics)."""
-    from confagg.aggregate import load_candidates
-    from confagg.evaluate_methods import evaluate_benchmark
-
-    df = load_candidates(samples, scores, grades)
-    df["answer_key"] = _answer_key(df)
-    agg = None
-    if aggregator:
-        agg = pd.read_parquet(aggregator)
-    result = evaluate_benchmark(df, ks, seed, aggregator=agg)
-    if agg is not None:
-        result["aggregator_calls"] = {
-            name: {
-                "calls": len(g),
-                "mean_prompt_tokens": float(g["prompt_tokens"].mean()),
-                "truncated_prompts": int(g["prompt_truncated"].sum()),
-            }
-            for name, g in agg.groupby("method")
+def flatten(result: dict) -> pd.DataFrame:
+    """One row per (method, k) of a ``confagg.evaluate.evaluate_benchmark`` result: ``seed,
+    method, family, metric, eta, label, k, accuracy, tokens_per_problem, n_sets``."""
+    rows = [
+        {
+            "seed": result["seed"],
+            "method": name,
+            **{f: info[f] for f in ("family", "metric", "eta", "label")},
+            "k": int(k),
+            **cell,
         }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, out_dir / "metrics.json")
-    table = pa.Table.from_pandas(df[EVAL_CANDIDATES.names], preserve_index=False)
-    write_table(table, out_dir / "candidates.parquet", EVAL_CANDIDATES)
-    return result
+        for name, info in result["methods"].items()
+        for k, cell in info["by_k"].items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def seed_summary(results: Sequence[dict]) -> pd.DataFrame:
+    """Mean and sample standard deviation (ddof 1; NaN with one seed) over seeds, per
+    (method, k): ``method, family, metric, eta, label, k, n_seeds, accuracy_mean,
+    accuracy_std, tokens_mean, tokens_std``."""
+    flat = pd.concat([flatten(r) for r in results], ignore_index=True)
+    stats = (
+        flat.groupby(["method", "k"], sort=False)
+        .agg(
+            n_seeds=("seed", "nunique"),
+            accuracy_mean=("accuracy", "mean"),
+            accuracy_std=("accuracy", "std"),
+            tokens_mean=("tokens_per_problem", "mean"),
+            tokens_std=("tokens_per_problem", "std"),
+        )
+        .reset_index()
+    )
+    info = flat.drop_duplicates("method")[["method", "family", "metric", "eta", "label"]]
+    cols = ["method", "family", "metric", "eta", "label", "k"]
+    return stats.merge(info, on="method", how="left")[cols + list(stats.columns[2:])]
 
 
 # --- the per-benchmark report -------------------------------------------------------------
@@ -236,8 +218,6 @@ def summary_markdown(
 
 def build_report(benchmark: str, seed_dirs: Sequence[Path], out_dir: Path) -> None:
     """report.html, metrics.json and summary.md of one benchmark from its seeds."""
-    from confagg.evaluate_methods import flatten, seed_summary
-
     results = [json.loads((d / "metrics.json").read_text()) for d in seed_dirs]
     candidates = pd.concat(
         [read_table(d / "candidates.parquet", EVAL_CANDIDATES).to_pandas() for d in seed_dirs]
@@ -266,35 +246,28 @@ def build_report(benchmark: str, seed_dirs: Sequence[Path], out_dir: Path) -> No
 
     plots = _plots(summary, per_seed, candidates, benchmark)
     ks, rows = _table_rows(summary)
-    head = "".join(f"<th>k={k}</th>" for k in ks)
-    body = "".join(
-        f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-        for label, cells in rows
+    page = string.Template(_TEMPLATE.read_text(encoding="utf-8")).substitute(
+        benchmark=html.escape(benchmark),
+        n_seeds=len(results),
+        seeds=", ".join(map(str, metrics["seeds"])),
+        n_problems=results[0]["n_problems"],
+        samples_per_problem=results[0]["samples_per_problem"]["max"],
+        pass1=_fmt(*pass1_stats),
+        head="".join(f"<th>k={k}</th>" for k in ks),
+        body="".join(
+            f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+            for label, cells in rows
+        ),
+        auroc_rows="".join(
+            f"<tr><td>{m}</td><td>{_fmt(metrics['auroc'][m]['mean'], None, 1, 3)}</td></tr>"
+            for m in METRICS
+        ),
+        plots="".join(
+            f"<h2>{html.escape(name.replace('_', ' '))}</h2>"
+            f'<img alt="{name}" src="data:image/png;base64,{data}">'
+            for name, data in plots.items()
+        ),
     )
-    auroc_rows = "".join(
-        f"<tr><td>{m}</td><td>{_fmt(metrics['auroc'][m]['mean'], None, 1, 3)}</td></tr>"
-        for m in METRICS
-    )
-    imgs = "".join(
-        f"<h2>{html.escape(name.replace('_', ' '))}</h2>"
-        f'<img alt="{name}" src="data:image/png;base64,{data}">'
-        for name, data in plots.items()
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>confagg report: {html.escape(benchmark)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
-img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(benchmark)}</h1>
-<p>{len(results)} seed(s): {", ".join(map(str, metrics["seeds"]))}; {results[0]["n_problems"]}
-problems; samples per problem: {results[0]["samples_per_problem"]["max"]}.
-pass@1: <b>{_fmt(*pass1_stats)}</b> %. Accuracy in %, mean ± std over seeds.</p>
-<table><tr><th>method</th>{head}</tr>{body}</table>
-<h2>AUROC of each confidence metric for correctness</h2>
-<table><tr><th>metric</th><th>AUROC</th></tr>{auroc_rows}</table>
-{imgs}
-</body></html>
-"""
     with atomic_path(out_dir / "report.html") as tmp:
         tmp.write_text(page)
 
@@ -336,14 +309,6 @@ def build_summary(metrics_files: Sequence[Path], out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("seed", help="metrics of one benchmark x seed")
-    s.add_argument("--samples", nargs="+", required=True)
-    s.add_argument("--scores", nargs="+", required=True)
-    s.add_argument("--grades", nargs="+", required=True)
-    s.add_argument("--aggregator", default=None)
-    s.add_argument("--ks", required=True, help="JSON list of k")
-    s.add_argument("--seed", type=int, required=True)
-    s.add_argument("out_dir", type=Path)
     b = sub.add_parser("benchmark", help="one benchmark's report from its seeds")
     b.add_argument("--name", required=True)
     b.add_argument("seed_dirs", nargs="+", type=Path)
@@ -352,17 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("metrics", nargs="+", type=Path)
     t.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    if args.cmd == "seed":
-        evaluate_seed(
-            args.samples,
-            args.scores,
-            args.grades,
-            args.aggregator,
-            json.loads(args.ks),
-            args.seed,
-            args.out_dir,
-        )
-    elif args.cmd == "benchmark":
+    if args.cmd == "benchmark":
         build_report(args.name, args.seed_dirs, args.out_dir)
     else:
         build_summary(args.metrics, args.out)

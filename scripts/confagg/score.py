@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("samples")
     ap.add_argument("out")
     args = ap.parse_args(argv)
-    samples = read_table(args.samples, SAMPLES).select(
-        ["problem_id", "sample_idx", "token_confidence"]
-    )
+    samples = read_table(args.samples, SAMPLES, ["problem_id", "sample_idx", "token_confidence"])
     scores = score_table(samples, args.window, args.tail_tokens)
     write_table(scores, args.out, SCORES)
     print(f"scored {scores.num_rows} samples -> {args.out}", file=sys.stderr)

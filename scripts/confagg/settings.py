@@ -40,13 +40,20 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "settings")
         raise SettingsError(
             f"{where}: {cls.__name__} got unknown keys {unknown} and lacks keys {missing}"
         )
-    values = {
-        name: from_mapping(hints[name], value, f"{where}.{name}")
-        if dataclasses.is_dataclass(hints[name])
-        else value
-        for name, value in data.items()
-    }
+    values = {name: _build(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     return cls(**values)
+
+
+def _build(hint: Any, value: Any, where: str) -> Any:
+    """A field's value: a nested dataclass, a tuple of them (``tuple[X, ...]``), or as given."""
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(hint, value, where)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if dataclasses.is_dataclass(args[0]):
+            return tuple(from_mapping(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(value)
+    return value
 
 
 def load(cls: type[T], text: str) -> T:

@@ -1,4 +1,5 @@
-"""Every table the workflow writes: its declared Arrow schema and atomic parquet I/O.
+"""Every table the workflow writes: its declared Arrow schema, atomic parquet I/O, and the
+readers and joiners of those tables that more than one stage uses.
 
 A file appears under its final name only once it is complete (written to a temporary name in
 the same folder, flushed, then renamed), so a killed job never leaves a half file that looks
@@ -12,21 +13,28 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from confagg.confidence import METRICS
 
+# Every per-sample table starts with these: one row per (problem, sample).
+_KEY_FIELDS = [
+    pa.field("problem_id", pa.string(), nullable=False),
+    pa.field("sample_idx", pa.int32(), nullable=False),
+]
+_METRIC_FIELDS = [pa.field(m, pa.float64()) for m in METRICS]
+
 # One row per sampled solution.
 SAMPLES = pa.schema(
     [
-        pa.field("problem_id", pa.string(), nullable=False),
-        pa.field("sample_idx", pa.int32(), nullable=False),
+        *_KEY_FIELDS,
         pa.field("text", pa.string(), nullable=False),
         pa.field("answer", pa.string()),  # last \boxed{} after </think>; null when none
         pa.field("num_tokens", pa.int32(), nullable=False),
@@ -39,19 +47,14 @@ SAMPLES = pa.schema(
 
 # One row per sampled solution: the DeepConf trace metrics of confagg.confidence.
 SCORES = pa.schema(
-    [
-        pa.field("problem_id", pa.string(), nullable=False),
-        pa.field("sample_idx", pa.int32(), nullable=False),
-        *[pa.field(m, pa.float64()) for m in METRICS],
-    ],
+    [*_KEY_FIELDS, *_METRIC_FIELDS],
     metadata={"table": "scores"},
 )
 
 # One row per sampled solution: its verdict against the gold answer (confagg.verify).
 GRADES = pa.schema(
     [
-        pa.field("problem_id", pa.string(), nullable=False),
-        pa.field("sample_idx", pa.int32(), nullable=False),
+        *_KEY_FIELDS,
         pa.field("correct", pa.bool_(), nullable=False),
         # "correct" | "incorrect" | "no_answer" | "timeout" | "unparseable"
         pa.field("status", pa.string(), nullable=False),
@@ -67,7 +70,7 @@ CANDIDATE = pa.struct(
         pa.field("answer", pa.string()),
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("num_tokens", pa.int32(), nullable=False),
-        *[pa.field(m, pa.float64()) for m in METRICS],
+        *_METRIC_FIELDS,
     ]
 )
 
@@ -85,8 +88,36 @@ SETS = pa.schema(
     metadata={"table": "sets"},
 )
 
-# One row per problem, the normalised form of every input data set.
-PROBLEMS_FIELDS = ("id", "problem", "answer")
+# One row per aggregator completion (confagg.aggregate).
+AGG_OUTPUTS = pa.schema(
+    [
+        pa.field("method", pa.string(), nullable=False),  # the variant's name
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("set_idx", pa.int32(), nullable=False),
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("output_idx", pa.int32(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("answer", pa.string()),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("num_tokens", pa.int32(), nullable=False),  # generated tokens
+        pa.field("prompt_tokens", pa.int32(), nullable=False),
+        pa.field("prompt_truncated", pa.bool_(), nullable=False),
+    ],
+    metadata={"table": "aggregator_outputs"},
+)
+
+# One row per evaluation sample of a benchmark x seed (the report's confidence histograms).
+EVAL_CANDIDATES = pa.schema(
+    [
+        *_KEY_FIELDS,
+        GRADES.field("correct"),
+        SAMPLES.field("num_tokens"),
+        SAMPLES.field("finish_reason"),
+        *_METRIC_FIELDS,
+    ],
+    metadata={"table": "eval_candidates"},
+)
 
 # Written with zstd: the confidence arrays compress a little and text a lot.
 _WRITE_OPTS = {"compression": "zstd", "use_dictionary": ["problem_id", "finish_reason"]}
@@ -152,15 +183,69 @@ def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> 
         pq.write_table(table, tmp, **_WRITE_OPTS)
 
 
-def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
-    """Read a parquet file written with ``schema``; a clear error if it is something else."""
-    table = pq.read_table(path)
-    missing = [n for n in schema.names if n not in table.column_names]
+def read_table(
+    path: str | os.PathLike, schema: pa.Schema, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Read a parquet file written with ``schema`` (only ``columns`` of it, in that order, when
+    given: the others are never read); a clear error if it is something else."""
+    names = list(schema.names if columns is None else columns)
+    unknown = [n for n in names if n not in schema.names]
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in the {_table_name(schema)} table")
+    missing = [n for n in names if n not in pq.read_schema(path).names]
     if missing:
+        raise ValueError(f"{path}: not a {_table_name(schema)} table (missing columns {missing})")
+    table = pq.read_table(path, columns=names)
+    return table.cast(pa.schema([schema.field(n) for n in names]))
+
+
+def _table_name(schema: pa.Schema) -> str:
+    return schema.metadata[b"table"].decode()
+
+
+# Columns of the samples table that the joined candidate table carries (text on request).
+_CANDIDATE_SAMPLE_COLUMNS = ("problem_id", "sample_idx", "answer", "num_tokens", "finish_reason")
+KEY = ["problem_id", "sample_idx"]
+
+
+def load_candidates(
+    samples: Sequence[str | os.PathLike],
+    scores: Sequence[str | os.PathLike],
+    grades: Sequence[str | os.PathLike],
+    text: bool = False,
+) -> pd.DataFrame:
+    """One row per sample of some shards, sorted by (problem_id, sample_idx): its answer, tokens,
+    finish reason, confidence metrics, verdict (``correct``, ``status``), where it is stored
+    (``shard``: position in ``samples``, ``row``: row in that file) and, with ``text``, its text.
+
+    Shards pair up by position in the three lists; scores and grades are written in their
+    samples' row order, so a row that does not match is a wrong input, reported with its file.
+    Without ``text`` the solution texts are never read (a pool's traces do not fit in memory).
+    """
+    if not len(samples) == len(scores) == len(grades):
         raise ValueError(
-            f"{path}: not a {schema.metadata[b'table'].decode()} table (missing columns {missing})"
+            f"{len(samples)} samples, {len(scores)} scores and {len(grades)} grades shards: "
+            "expected one of each per shard"
         )
-    return table.select(schema.names).cast(schema)
+    if not samples:
+        raise ValueError("no shards given")
+    columns = [*_CANDIDATE_SAMPLE_COLUMNS, *(["text"] if text else [])]
+    frames = []
+    for shard, (sa, sc, gr) in enumerate(zip(samples, scores, grades, strict=True)):
+        df = read_table(sa, SAMPLES, columns).to_pandas()
+        df["shard"], df["row"] = shard, np.arange(len(df))
+        for path, schema in ((sc, SCORES), (gr, GRADES)):
+            other = read_table(path, schema).to_pandas()
+            if len(other) != len(df) or not other[KEY].equals(df[KEY]):
+                raise ValueError(f"{path}: its rows do not match the samples of {sa}")
+            df = pd.concat([df, other.drop(columns=KEY)], axis=1)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    dup = df.duplicated(KEY)
+    if dup.any():
+        pid, idx = df.loc[dup, KEY].iloc[0]
+        raise ValueError(f"sample {pid!r}/{idx} appears in more than one shard")
+    return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
@@ -177,8 +262,3 @@ def flat_confidence(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     values = col.values.to_numpy(zero_copy_only=False)
     # a sliced list array starts its offsets past 0
     return values[offsets[0] : offsets[-1]], offsets - offsets[0]
-
-
-def concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    """Concatenate tables of one schema (an empty table when there are none)."""
-    return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -54,5 +54,5 @@ rule curate_sets:
     shell:
         "python -m confagg.curate --problems {input.problems} --samples {input.samples}"
         " --scores {input.scores} --grades {input.grades} --benchmarks {input.benchmarks}"
-        " --settings '{params.settings}' --run-seed {params.run_seed}"
+        " --settings {params.settings:q} --run-seed {params.run_seed}"
         " --train {output.train} --val {output.val} --summary {output.summary} > {log} 2>&1"

@@ -1,8 +1,10 @@
 # Evaluation per benchmark x seed (aggregator variants, every voting method) and one report per
 # benchmark. One benchmark alone: snakemake results/<run>/reports/<benchmark>/report.html
+# Rule -> module: aggregate_sets -> confagg.aggregate, evaluate_seed -> confagg.evaluate,
+# report_benchmark / report_summary -> confagg.report.
 
 
-rule evaluate_aggregators:
+rule aggregate_sets:
     """Every aggregator variant on the disjoint candidate sets of one benchmark x seed."""
     input:
         problems=f"{OUT}/data/{{benchmark}}.jsonl",
@@ -19,9 +21,9 @@ rule evaluate_aggregators:
     conda:
         "../../envs/vllm.yaml"
     log:
-        f"{LOGS}/evaluate_aggregators/{{benchmark}}/seed{{seed}}.log",
+        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.log",
     benchmark:
-        f"{LOGS}/evaluate_aggregators/{{benchmark}}/seed{{seed}}.benchmark.tsv"
+        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.benchmark.tsv"
     threads: 8
     resources:
         gpu=1,
@@ -30,8 +32,8 @@ rule evaluate_aggregators:
     shell:
         "HF_HUB_OFFLINE=1 python -m confagg.aggregate --problems {input.problems}"
         " --samples {input.samples} --scores {input.scores} --grades {input.grades}"
-        " --model {input.model} {params.trained} --settings {params.settings:q}"
-        " {output} > {log} 2>&1"
+        " --model {input.model:q} {params.trained} --settings {params.settings:q}"
+        " --processes {threads} {output} > {log} 2>&1"
 
 
 rule evaluate_seed:
@@ -45,7 +47,7 @@ rule evaluate_seed:
         metrics=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/metrics.json",
         candidates=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/candidates.parquet",
     params:
-        ks=json.dumps(config["evaluation"]["ks"]),
+        settings=json.dumps({"ks": config["evaluation"]["ks"]}),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     conda:
         "../../envs/cpu.yaml"
@@ -53,9 +55,9 @@ rule evaluate_seed:
         f"{LOGS}/evaluate_seed/{{benchmark}}/seed{{seed}}.log",
     localrule: True
     shell:
-        "python -m confagg.report seed --samples {input.samples} --scores {input.scores}"
-        " --grades {input.grades} --aggregator {input.aggregators} --ks {params.ks:q}"
-        " --seed {wildcards.seed} {params.out_dir} > {log} 2>&1"
+        "python -m confagg.evaluate --samples {input.samples} --scores {input.scores}"
+        " --grades {input.grades} --aggregator {input.aggregators}"
+        " --settings {params.settings:q} --seed {wildcards.seed} {params.out_dir} > {log} 2>&1"
 
 
 rule report_benchmark:
@@ -87,7 +89,7 @@ rule report_benchmark:
         " --out-dir {params.out_dir} {params.seed_dirs} > {log} 2>&1"
 
 
-rule summarize_results:
+rule report_summary:
     """One table across benchmarks: results/<run>/summary.md."""
     input:
         expand(f"{OUT}/reports/{{benchmark}}/metrics.json", benchmark=BENCHMARKS),
@@ -96,7 +98,7 @@ rule summarize_results:
     conda:
         "../../envs/cpu.yaml"
     log:
-        f"{LOGS}/summarize_results.log",
+        f"{LOGS}/report_summary.log",
     localrule: True
     shell:
         "python -m confagg.report summary {input} --out {output} > {log} 2>&1"

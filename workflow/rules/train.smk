@@ -35,7 +35,7 @@ rule train_aggregator:
     shell:
         # USR1 is ignored by the shell and the launcher (the trainer handles it: save, stop).
         "trap '' USR1; HF_HUB_OFFLINE=1 accelerate launch {params.launch} -m confagg.train"
-        " --train {input.train} --val {input.val} --model {input.model} --out {params.out}"
+        " --train {input.train} --val {input.val} --model {input.model:q} --out {params.out}"
         " --settings {params.settings:q} --seed {params.seed} --run_name {params.run_name}"
         " --runtime_min {resources.runtime} > {log} 2>&1"
 
@@ -57,5 +57,5 @@ rule merge_adapter:
         mem_mb=32000,
         runtime="1h",
     shell:
-        "HF_HUB_OFFLINE=1 python -m confagg.merge --model {input.model} --adapter {input.adapter}"
+        "HF_HUB_OFFLINE=1 python -m confagg.merge --model {input.model:q} --adapter {input.adapter}"
         " {output} > {log} 2>&1"

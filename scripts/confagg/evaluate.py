@@ -1,11 +1,16 @@
-"""Every sample-based aggregation method on one benchmark x seed, as one JSON-ready dict.
+"""Evaluation of one benchmark x seed: every method's accuracy and tokens at every k.
 
-The input is the per-sample table of one benchmark and seed; the maths is in
-:mod:`confagg.methods`. Conventions:
+    python -m confagg.evaluate --samples S... --scores S... --grades G... \
+        [--aggregator aggregators.parquet] --settings JSON --seed N OUT_DIR
+
+writes ``metrics.json`` (:func:`evaluate_benchmark`) and ``candidates.parquet``
+(``tables.EVAL_CANDIDATES``: one row per sample, for the report's histograms). The maths of
+each method is in :mod:`confagg.methods`, answer grouping in :mod:`confagg.grouping`.
+Conventions:
 
 * Sets of size ``k`` are the disjoint sets of :func:`confagg.methods.disjoint_sets`, per
   problem: consecutive samples in ``sample_idx`` order (``shuffle=False``, the default, so set
-  ``j`` of size ``k`` is samples ``j*k .. j*k+k-1``, the sets an aggregator run should use), or
+  ``j`` of size ``k`` is samples ``j*k .. j*k+k-1``, the sets the aggregator runs use), or
   after a permutation seeded by ``derive_seed(seed, "sets", problem_id, k)``.
 * Accuracy of a method at ``k``: per problem, the mean over its sets (pass@k: the unbiased
   estimator over all ``n`` samples); then the mean over problems, each problem counting once.
@@ -18,15 +23,30 @@ The input is the per-sample table of one benchmark and seed; the maths is in
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from confagg import grouping
 from confagg import methods as mt
 from confagg.confidence import METRICS
 from confagg.seeds import derive_seed
+from confagg.settings import load
+from confagg.tables import (
+    AGG_OUTPUTS,
+    EVAL_CANDIDATES,
+    load_candidates,
+    read_table,
+    write_json,
+    write_table,
+)
 
 ETAS = (10, 90)
 SAMPLE_COLUMNS = ("problem_id", "sample_idx", "answer", "correct", "num_tokens", *METRICS)
@@ -72,12 +92,12 @@ def _num(x) -> float | None:
 def answer_keys(samples: pd.DataFrame) -> np.ndarray:
     """Int answer codes (-1 = no answer) of a sample table.
 
-    ``answer_key`` (the verifier's canonical answer) where given; a sample with an answer but
-    no key (unparseable for the verifier) still votes, grouped by :func:`normalise_answer`
-    among such samples; no answer never votes. Without an ``answer_key`` column every answer
-    is grouped by :func:`normalise_answer`.
+    ``answer_key`` (the group key of confagg.grouping) where given; a sample with an answer but
+    no key still votes, grouped by ``grouping.normalise_answer`` among such samples; no answer
+    never votes. Without an ``answer_key`` column every answer is grouped by
+    ``grouping.normalise_answer``.
     """
-    raw = samples["answer"].map(mt.normalise_answer, na_action="ignore")
+    raw = samples["answer"].map(grouping.normalise_answer, na_action="ignore")
     raw = ("raw:" + raw).where(raw.notna(), None)
     if "answer_key" not in samples.columns:
         return mt.answer_codes(raw.to_numpy(object))
@@ -301,39 +321,66 @@ def evaluate_benchmark(
     }
 
 
-def flatten(result: dict) -> pd.DataFrame:
-    """One row per (method, k) of an :func:`evaluate_benchmark` result: ``seed, method, family,
-    metric, eta, label, k, accuracy, tokens_per_problem, n_sets``."""
-    rows = [
-        {
-            "seed": result["seed"],
-            "method": name,
-            **{f: info[f] for f in ("family", "metric", "eta", "label")},
-            "k": int(k),
-            **cell,
+# ------------------------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the rule evaluate_seed passes from the config's ``evaluation`` section."""
+
+    ks: tuple[int, ...]
+
+
+def evaluate_seed(
+    samples: Sequence[str],
+    scores: Sequence[str],
+    grades: Sequence[str],
+    aggregator: str | None,
+    settings: Settings,
+    seed: int,
+    out_dir: Path,
+) -> dict:
+    """metrics.json + candidates.parquet for one benchmark x seed (returns the metrics)."""
+    df = load_candidates(samples, scores, grades)
+    df["answer_key"] = grouping.answer_keys(df["answer"], df["correct"])
+    agg = read_table(aggregator, AGG_OUTPUTS).to_pandas() if aggregator else None
+    result = evaluate_benchmark(df, settings.ks, seed, aggregator=agg)
+    if agg is not None:
+        result["aggregator_calls"] = {
+            name: {
+                "calls": len(g),
+                "mean_prompt_tokens": float(g["prompt_tokens"].mean()),
+                "truncated_prompts": int(g["prompt_truncated"].sum()),
+            }
+            for name, g in agg.groupby("method")
         }
-        for name, info in result["methods"].items()
-        for k, cell in info["by_k"].items()
-    ]
-    return pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(result, out_dir / "metrics.json")
+    table = pa.Table.from_pandas(df[EVAL_CANDIDATES.names], preserve_index=False)
+    write_table(table, out_dir / "candidates.parquet", EVAL_CANDIDATES)
+    return result
 
 
-def seed_summary(results: Sequence[dict]) -> pd.DataFrame:
-    """Mean and sample standard deviation (ddof 1; NaN with one seed) over seeds, per
-    (method, k): ``method, family, metric, eta, label, k, n_seeds, accuracy_mean,
-    accuracy_std, tokens_mean, tokens_std``."""
-    flat = pd.concat([flatten(r) for r in results], ignore_index=True)
-    stats = (
-        flat.groupby(["method", "k"], sort=False)
-        .agg(
-            n_seeds=("seed", "nunique"),
-            accuracy_mean=("accuracy", "mean"),
-            accuracy_std=("accuracy", "std"),
-            tokens_mean=("tokens_per_problem", "mean"),
-            tokens_std=("tokens_per_problem", "std"),
-        )
-        .reset_index()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", nargs="+", required=True)
+    ap.add_argument("--scores", nargs="+", required=True)
+    ap.add_argument("--grades", nargs="+", required=True)
+    ap.add_argument("--aggregator", default=None, help="the aggregator outputs (parquet)")
+    ap.add_argument("--settings", required=True, help="JSON, see the rule evaluate_seed")
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("out_dir", type=Path)
+    args = ap.parse_args(argv)
+    settings = load(Settings, args.settings)
+    result = evaluate_seed(
+        args.samples, args.scores, args.grades, args.aggregator, settings, args.seed, args.out_dir
     )
-    info = flat.drop_duplicates("method")[["method", "family", "metric", "eta", "label"]]
-    cols = ["method", "family", "metric", "eta", "label", "k"]
-    return stats.merge(info, on="method", how="left")[cols + list(stats.columns[2:])]
+    print(
+        f"{result['n_problems']} problems, {result['n_samples']} samples, "
+        f"{len(result['methods'])} methods -> {args.out_dir}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
