@@ -33,7 +33,8 @@ def bench_sampling(model: str, n_problems: int, n: int, max_tokens: int, chunk: 
     from confagg.engine import make_engine, sampling_params
     from confagg.problems import demo_problems
     from confagg.prompts import render, solver_messages
-    from confagg.sample import sample_shard
+    from confagg.sample import SampleSettings, sample_shard
+    from confagg.settings import from_mapping
 
     demo = yaml.safe_load((REPO / "config/demo.yaml").read_text())
     settings = {
@@ -46,7 +47,7 @@ def bench_sampling(model: str, n_problems: int, n: int, max_tokens: int, chunk: 
             "max_tokens": max_tokens,
             "logprobs": 20,
         },
-        "problems_per_chunk": chunk,
+        "problems_in_flight": chunk,
         "engine": demo["generator"]["engine"],
         "prompt": demo["prompt"],
         "chat_template_kwargs": {},
@@ -69,12 +70,13 @@ def bench_sampling(model: str, n_problems: int, n: int, max_tokens: int, chunk: 
 
         out = out_dir / f"shard-{rep}.parquet"
         t0 = time.perf_counter()
-        sample_shard(problems, out, model, 0, settings, log=lambda m: None, engine=llm)
+        stage_settings = from_mapping(SampleSettings, settings)
+        sample_shard(problems, out, model, 0, stage_settings, log=lambda m: None, engine=llm)
         dt = time.perf_counter() - t0
         stage.append(pq.read_table(out, columns=["num_tokens"]).column(0).to_numpy().sum() / dt)
     print(
         f"(a) sampling, {n_problems} problems x n={n}, max_tokens={max_tokens}, "
-        f"chunks of {chunk} problems, model {Path(model).name}"
+        f"{chunk} problems in flight, model {Path(model).name}"
     )
     print(
         f"    bare LLM.generate: {max(bare):8.1f} tok/s   sample stage: {max(stage):8.1f} tok/s"
@@ -123,7 +125,7 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=16)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--chunk", type=int, default=8, help="problems per chunk in the stage")
+    ap.add_argument("--chunk", type=int, default=8, help="problems in flight in the stage")
     ap.add_argument("--traces", type=int, default=100_000)
     ap.add_argument("--trace-len", type=int, default=4096)
     args = ap.parse_args()

@@ -47,7 +47,7 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random Qwen3 with a locally trained tokenizer (seconds to build)."""
-    from confagg.models import build_tiny_qwen3
+    from confagg.tinymodel import build_tiny_qwen3
 
     out = tmp_path_factory.mktemp("models") / "tiny-qwen3"
     build_tiny_qwen3(out, seed=0)

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from confagg.config import ConfigError, validate
+from confagg.config import ConfigError, check_consistency, grpo_generation_batch, validate
 from conftest import REPO, snakemake
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -17,6 +17,7 @@ def test_shipped_configs_are_valid():
     for name in ("config.yaml", "demo.yaml"):
         cfg = yaml.safe_load((REPO / "config" / name).read_text())
         validate(cfg, SCHEMA)
+        check_consistency(cfg)
         assert cfg["confidence"]["window"] >= 1  # defaults filled where unset
 
 
@@ -62,3 +63,169 @@ def test_snakemake_stops_on_bad_config(workdir):
     proc = snakemake("-n", "--configfile", str(bad), cwd=workdir, check=False, timeout=120)
     assert proc.returncode != 0
     assert "sampling.temperature: 'hot' is not of type 'number'" in proc.stdout + proc.stderr
+
+
+def test_negative_seed_names_the_key():
+    cfg = full_config()
+    cfg["seed"] = -1
+    with pytest.raises(ConfigError, match=r"seed: -1 is less than the minimum of 0"):
+        validate(cfg, SCHEMA)
+
+
+def _set(section, **values):
+    return lambda c: c[section].update(values)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            _set("curation", set_size=129),
+            "curation.set_size 129 > training_pool.samples_per_problem 128",
+        ),
+        (
+            _set("curation", sets_per_problem=17),
+            "curation.sets_per_problem 17 x curation.set_size 8 = 136 > "
+            "training_pool.samples_per_problem 128: disjoint sets",
+        ),
+        (
+            _set("curation", sets_per_problem=17, set_sampling="overlapping"),
+            None,  # independent draws: m samples per problem are enough
+        ),
+        (
+            _set("evaluation", set_size=9, samples_per_problem=8, ks=[1, 2, 4, 8]),
+            "evaluation.set_size 9 > evaluation.samples_per_problem 8",
+        ),
+        (
+            _set("evaluation", samples_per_problem=64),
+            "evaluation.ks [128] > evaluation.samples_per_problem 64",
+        ),
+        (
+            # 2 x 64 x 1 process = 128 completions: groups of 6 do not divide it
+            _set(
+                "training",
+                num_generations=6,
+                gpus=1,
+                per_device_train_batch_size=2,
+                gradient_accumulation_steps=64,
+            ),
+            "training.num_generations 6 does not divide the generation batch 128 "
+            "(training.per_device_train_batch_size 2 x 1 process(es) (training.gpus 1) x "
+            "training.gradient_accumulation_steps 64)",
+        ),
+        (
+            _set("training", gpus=3, gradient_accumulation_steps=1, per_device_train_batch_size=2),
+            "training.num_generations 8 does not divide the generation batch 6",
+        ),
+        (
+            _set("training", gpus=0, gradient_accumulation_steps=3, per_device_train_batch_size=2),
+            "generation batch 6 (training.per_device_train_batch_size 2 x 1 process(es) "
+            "(training.gpus 0)",
+        ),
+        (
+            _set("training", eval_steps=10),
+            None,  # with the default val_fraction 0.2: fine
+        ),
+        (
+            lambda c: (c["training"].update(eval_steps=10), c["curation"].update(val_fraction=0)),
+            "training.eval_steps 10 needs validation sets, but curation.val_fraction is 0",
+        ),
+        (
+            _set("curation", val_fraction=1),
+            "curation.val_fraction 1 leaves no problem for training",
+        ),
+        (
+            _set("sampling", max_tokens=40960),
+            "sampling.max_tokens 40960 >= generator.engine.max_model_len 40960",
+        ),
+        (
+            lambda c: c["generator"]["engine"].update(max_logprobs=10),
+            "sampling.logprobs 20 > generator.engine.max_logprobs 10",
+        ),
+        (
+            lambda c: c["evaluation"]["aggregator_sampling"].update(max_tokens=30000),
+            "aggregator.prompt.max_prompt_tokens 16384 + evaluation.aggregator_sampling.max_tokens "
+            "30000 = 46384 > generator.engine.max_model_len 40960",
+        ),
+        (
+            lambda c: c["evaluation"].update(
+                aggregators=[{"name": "a", "trained": None, "confidence": True}] * 2
+            ),
+            "evaluation.aggregators: names ['a'] appear more than once",
+        ),
+    ],
+)
+def test_inconsistent_keys_are_named_with_their_values(change, message):
+    cfg = full_config()
+    validate(cfg, SCHEMA)  # defaults filled, as the Snakefile does
+    # the values the messages below rely on (consistent with each other)
+    cfg["training_pool"]["samples_per_problem"] = cfg["evaluation"]["samples_per_problem"] = 128
+    cfg["curation"].update(set_size=8, sets_per_problem=16, set_sampling="disjoint")
+    cfg["evaluation"].update(set_size=8, ks=[1, 2, 4, 8, 16, 32, 64, 128])
+    cfg["evaluation"]["aggregator_sampling"]["max_tokens"] = 16384
+    cfg["generator"]["engine"]["max_model_len"] = 40960
+    cfg["sampling"].update(logprobs=20, max_tokens=32768)
+    cfg["aggregator"]["prompt"]["max_prompt_tokens"] = 16384
+    cfg["training"].update(eval_steps=None, num_generations=8)
+    check_consistency(cfg)
+    change(cfg)
+    if message is None:
+        check_consistency(cfg)
+        return
+    with pytest.raises(ConfigError, match="inconsistent configuration") as err:
+        check_consistency(cfg)
+    assert message in str(err.value)
+
+
+def test_every_inconsistency_is_listed_at_once():
+    cfg = full_config()
+    validate(cfg, SCHEMA)
+    cfg["training_pool"]["samples_per_problem"] = cfg["evaluation"]["samples_per_problem"] = 128
+    cfg["curation"]["set_size"] = 200
+    cfg["evaluation"]["ks"] = [1, 256, 512]
+    with pytest.raises(ConfigError) as err:
+        check_consistency(cfg)
+    assert "curation.set_size 200" in str(err.value)
+    assert "evaluation.ks [256, 512] > evaluation.samples_per_problem 128" in str(err.value)
+
+
+def test_trl_agrees_on_the_generation_batch():
+    """The divisibility rule is TRL's own: GRPOConfig refuses exactly what the check refuses."""
+    from trl import GRPOConfig
+
+    for per_device, accumulation, groups in [(2, 64, 8), (4, 1, 4), (3, 2, 4), (2, 3, 4)]:
+        training = {
+            "gpus": 0,
+            "per_device_train_batch_size": per_device,
+            "gradient_accumulation_steps": accumulation,
+            "num_generations": groups,
+        }
+        batch, _ = grpo_generation_batch(training)
+        args = dict(
+            output_dir="/tmp/unused",
+            use_cpu=True,
+            per_device_train_batch_size=per_device,
+            gradient_accumulation_steps=accumulation,
+            num_generations=groups,
+            report_to=[],
+        )
+        if batch % groups:
+            with pytest.raises(ValueError, match="must be divisible by num_generations"):
+                GRPOConfig(**args)
+        else:
+            assert GRPOConfig(**args).generation_batch_size == batch
+
+
+def test_snakemake_stops_on_inconsistent_keys_before_any_job(workdir):
+    bad = workdir / "bad.yaml"
+    bad.write_text("seed: -1\n")
+    proc = snakemake("-n", "--configfile", str(bad), cwd=workdir, check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "seed: -1 is less than the minimum of 0" in out
+    bad.write_text("evaluation:\n  samples_per_problem: 128\n  ks: [1, 2, 256]\n")
+    proc = snakemake("-n", "--configfile", str(bad), cwd=workdir, check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "evaluation.ks [256] > evaluation.samples_per_problem 128" in out
+    assert "MissingInputException" not in out and "Job stats" not in out

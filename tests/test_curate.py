@@ -13,6 +13,7 @@ import pytest
 from confagg import curate as c
 from confagg.confidence import METRICS
 from confagg.config import validate
+from confagg.grouping import group_answers
 from confagg.problems import write_problems
 from confagg.tables import GRADES, SAMPLES, SCORES, SETS, load_candidates, read_table, write_table
 from conftest import REPO
@@ -20,7 +21,7 @@ from conftest import REPO
 
 def curation(**overrides) -> dict:
     """The validated config's ``curation`` section (schema defaults + ``overrides``) as the
-    rule curate_sets passes it: without the verifier's keys."""
+    rule curate_sets passes it: without the grading keys (GRADING_KEYS of curate.smk)."""
     config = {
         "run_name": "t",
         "generator": {"model": "smollm2-135m-instruct"},
@@ -29,13 +30,15 @@ def curation(**overrides) -> dict:
         "curation": overrides,
     }
     validate(config, REPO / "workflow/schemas/config.schema.yaml")
-    return {k: v for k, v in config["curation"].items() if not k.startswith("verify_")}
+    grading = ("verify_timeout", "verify_processes", "require_think_end")
+    return {k: v for k, v in config["curation"].items() if k not in grading}
 
 
 def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
     """Problems ``p00..`` with gold ``100 + i``; problem i has about ``i % (samples + 1)``
     correct samples, the others answer ``gold + 1`` or ``gold + 2`` or nothing (cut by the
-    length limit). Returns (problems, samples, scores, grades paths)."""
+    length limit). A problem's samples sit in one shard (problem i in shard i % shards), as the
+    sample stage writes them. Returns (problems, samples, scores, grades paths)."""
     rng = random.Random(seed)
     pool = [
         {"id": f"p{i:02d}", "problem": f"Problem {i}: what is {100 + i}?", "answer": str(100 + i)}
@@ -56,7 +59,7 @@ def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
     rng.shuffle(rows)  # shards need not be sorted
     paths = {"samples": [], "scores": [], "grades": []}
     for s in range(shards):
-        part = rows[s::shards]
+        part = [r for r in rows if int(r[0][1:]) % shards == s]
         n = len(part)
         ids, idx = [r[0] for r in part], [r[1] for r in part]
         texts = [
@@ -89,6 +92,8 @@ def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
                 "sample_idx": idx,
                 "correct": [r[3] == "correct" for r in part],
                 "status": [r[3] for r in part],
+                "answer_group": group_answers(ids, [r[2] for r in part]),
+                "unfinished_thinking": [False] * n,
             },
             schema=GRADES,
         )
@@ -126,21 +131,21 @@ def run(tmp_path, pool_paths, settings=None, benchmarks=(), run_seed=0):
 
 
 @pytest.mark.parametrize(
-    "answers, correct, hard, shown",
+    "groups, correct, kind, shown",
     [
-        (["1", "1", "2"], [True, True, False], False, "1"),
-        (["2", "2", "1"], [False, False, True], True, "2"),
-        (["1", "2"], [True, False], True, "2"),  # a tie is hard
-        (["3", "4", "1"], [False, False, True], True, "3"),  # 1-1-1: a tie
-        (["0.5", "\\frac12", "3"], [True, True, False], False, "0.5"),  # gold votes together
-        (["3", " 3", "1", "1"], [False, False, True, True], True, "3"),  # 2-2 after strip
-        ([None, None, "1"], [False, False, True], False, "1"),  # no answer abstains
-        ([None, None], [False, False], True, None),  # nothing to vote for
-        (["7", "8", "9", "1", "1"], [False, False, False, True, True], False, "1"),  # plurality
+        ([0, 0, 1], [True, True, False], "easy", 0),
+        ([0, 0, 1], [False, False, True], "wrong", 0),
+        ([0, 1], [True, False], "tie", 1),  # a tie is hard: the wrong one is shown
+        ([0, 1, 2], [False, False, True], "tie", 0),  # 1-1-1: first seen of the tied wrong
+        ([0, 1, 1, 0], [False, True, True, False], "tie", 0),
+        ([-1, -1, 0], [False, False, True], "easy", 2),  # no answer abstains
+        ([-1, -1], [False, False], "no_answer", None),  # nothing to vote for
+        ([0, 1, 2, 3, 3], [False, False, False, True, True], "easy", 3),  # plurality
     ],
 )
-def test_majority_rule(answers, correct, hard, shown):
-    assert c.majority(answers, correct) == (hard, shown)
+def test_majority_rule(groups, correct, kind, shown):
+    answers = [f"a{i}" for i in range(len(groups))]
+    assert c.majority(groups, answers, correct) == (kind, None if shown is None else f"a{shown}")
 
 
 # --------------------------------------------------------------------- selection
@@ -205,7 +210,7 @@ def test_problem_key_ignores_formatting_only():
 
 def test_curate_end_to_end(tmp_path):
     pool_paths = make_pool(tmp_path)
-    settings = {"sets_per_problem": 6, "set_size": 4, "easy_ratio": 0.5, "val_fraction": 0.2}
+    settings = {"sets_per_problem": 2, "set_size": 4, "easy_ratio": 0.5, "val_fraction": 0.2}
     train, val, summary = run(tmp_path, pool_paths, settings)
     pool = {p["id"]: p for p in pool_paths[0]}
 
@@ -224,7 +229,9 @@ def test_curate_end_to_end(tmp_path):
             == counts["easy"]
             == min(int(0.5 * hard + 0.5), counts["easy_available"])
         )
-    assert summary["sets"]["built"]["hard"] + summary["sets"]["built"]["easy"] == 20 * 6
+    built = summary["sets"]["built"]
+    assert built["hard"] + built["easy"] == 20 * 2
+    assert built["hard"] == built["wrong"] + built["tie"] + built["no_answer"]
     assert (
         summary["sets"]["built"]["hard"]
         == summary["sets"]["train"]["hard"] + summary["sets"]["val"]["hard"]
@@ -244,7 +251,6 @@ def test_curate_end_to_end(tmp_path):
             assert x["num_tokens"] == 10 + x["sample_idx"]
             assert all(0 <= x[m] <= 1 for m in METRICS)
         correct = [x["correct"] for x in cands]
-        assert s["hard"] == c.majority([x["answer"] for x in cands], correct)[0]
         assert s["hard"] == (sum(correct) <= max(
             [sum(1 for x in cands if x["answer"] == a and not x["correct"]) for a in
              {x["answer"] for x in cands if x["answer"] and not x["correct"]}] or [0]
@@ -296,8 +302,8 @@ def test_contaminated_problems_are_removed_and_listed(tmp_path):
     train, val, summary = run(tmp_path, pool_paths, {"set_size": 4}, benchmarks=[bench])
     assert summary["problems"]["contaminated"] == 2
     assert summary["contaminated"] == [
-        {"id": "p03", "matches": ["aime99:b1"]},
-        {"id": "p07", "matches": ["aime99:b3"]},
+        {"id": "p03", "matches": ["aime99:b1"], "how": "exact", "ngram": None},
+        {"id": "p07", "matches": ["aime99:b3"], "how": "exact", "ngram": None},
     ]
     used = {s["problem_id"] for s in train + val}
     assert "p03" not in used and "p07" not in used
@@ -333,3 +339,87 @@ def test_mismatched_shards_are_refused_with_the_file(tmp_path):
         load_candidates(samples, scores[:1], grades)
     with pytest.raises(ValueError, match="more than one shard"):
         load_candidates(samples * 2, scores * 2, grades * 2)
+
+
+# ------------------------------------------------------------------- issue 11: AggLM's sets
+
+
+def _pool_frame(tmp_path, **kw):
+    _, samples, scores, grades = make_pool(tmp_path, **kw)
+    return load_candidates(samples, scores, grades)
+
+
+def test_disjoint_sets_partition_each_problems_samples(tmp_path):
+    df = _pool_frame(tmp_path, problems=6, samples=8)
+    settings = c.Settings(**{**curation(sets_per_problem=2, set_size=4), "seed": 5})
+    sets = c.build_sets(df, sorted(set(df["problem_id"])), settings)
+    for pid, group in sets.items():
+        taken = [df["sample_idx"].iloc[i] for s in group for i in s["rows"]]
+        assert len(group) == 2 and sorted(taken) == list(range(8)), pid  # s * m = all 8
+        assert all(list(s["rows"]) == sorted(s["rows"]) for s in group)  # sample order
+    # asking for more sets than the samples hold gives the partition, never a repeat
+    more = c.build_sets(
+        df, ["p03"], c.Settings(**{**curation(sets_per_problem=5, set_size=3), "seed": 5})
+    )
+    taken = [i for s in more["p03"] for i in s["rows"]]
+    assert len(more["p03"]) == 2 and len(set(taken)) == len(taken) == 6
+    # the old overlapping draw, as an explicit option: sets share samples
+    overlap = c.Settings(
+        **{**curation(sets_per_problem=6, set_size=4, set_sampling="overlapping"), "seed": 5}
+    )
+    drawn = c.build_sets(df, ["p03"], overlap)["p03"]
+    taken = [i for s in drawn for i in s["rows"]]
+    assert len(drawn) == 6 and len(set(taken)) < len(taken)
+
+
+def test_majority_uses_the_answer_groups_not_the_verdicts(tmp_path):
+    """Two wrong answers written differently but equal (grouped by the grader) outvote one
+    right answer: the set is hard although each wrong spelling alone has one vote."""
+    kind, shown = c.majority([0, 1, 1], ["7", "0.5", "\\frac{1}{2}"], [True, False, False])
+    assert (kind, shown) == ("wrong", "0.5")
+
+
+def test_reworded_benchmark_problem_sharing_an_8gram_is_dropped(tmp_path):
+    bench = [{"id": "b1", "problem": "Let $x$ be the number of ways to tile a 2 by 10 board "
+              "with dominoes. Find $x$ modulo 1000.", "answer": "89"}]  # fmt: skip
+    pool = [
+        # reworded: another start and end, the same 8-word run "number of ways to tile a 2 by"
+        {
+            "id": "q1",
+            "problem": "Compute the number of ways to tile a 2 by 10 board using "
+            "dominoes, modulo 1000.",
+            "answer": "89",
+        },
+        # the same topic without a shared run of 8 words
+        {
+            "id": "q2",
+            "problem": "In how many ways can dominoes cover a 2 x 10 board?",
+            "answer": "89",
+        },
+        {
+            "id": "q3",
+            "problem": "LET x BE THE NUMBER OF WAYS TO TILE A 2 BY 10 BOARD WITH "
+            "DOMINOES. FIND x MODULO 1000.",
+            "answer": "89",
+        },
+    ]
+    found = c.contaminated(pool, {"aime": bench}, ngram=8)
+    assert found["q1"]["how"] == "ngram" and found["q1"]["matches"] == ["aime:b1"]
+    assert len(found["q1"]["ngram"].split()) == 8
+    assert found["q3"]["how"] == "exact"
+    assert "q2" not in found
+    assert set(c.contaminated(pool, {"aime": bench}, ngram=None)) == {"q3"}  # exact only
+
+
+def test_ngram_contamination_in_the_summary(tmp_path):
+    pool_paths = make_pool(tmp_path)
+    bench = tmp_path / "aime98.jsonl"
+    # pool problem i is "Problem i: what is 100+i?": 5 words; the benchmark shares a 4-gram
+    write_problems([{"id": "b1", "problem": "Tell me: problem 4: what is 104? Now.",
+                     "answer": "1"}], bench)  # fmt: skip
+    _, _, summary = run(tmp_path, pool_paths, {"set_size": 4, "decontamination_ngram": 4},
+                        benchmarks=[bench])  # fmt: skip
+    assert summary["problems"]["contaminated_ngram"] == 1
+    assert summary["contaminated"] == [
+        {"id": "p04", "matches": ["aime98:b1"], "how": "ngram", "ngram": "problem 4 what is"}
+    ]

@@ -39,12 +39,13 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
     assert counts["sample_shard"] == 64 + 4 * 3 * 2
     assert counts["score_shard"] == 64 + 4 * 3 * 2
     assert counts["prepare_problems"] == 5
+    assert counts["check_problems"] == 5  # prompt lengths, one per data set, before sampling
     assert counts["download_model"] == 1
     # 4 benchmarks x 3 seeds evaluated, one report per benchmark, one overall summary
     assert counts["evaluate_seed"] == 4 * 3
     assert counts["report_benchmark"] == 4
     assert counts["report_summary"] == 1
-    assert counts["train_aggregator"] == 1
+    assert counts["train_aggregator"] == 2  # the confidence-aware aggregator and plain AggLM
 
 
 def test_full_scale_dry_run_with_slurm_profile(workdir):

@@ -13,7 +13,7 @@ import pytest
 
 from confagg import methods as mt
 from confagg.confidence import METRICS
-from confagg.evaluate import evaluate_benchmark, method_names
+from confagg.evaluate import Online, evaluate_benchmark, in_memory_spend, method_names
 from confagg.grouping import normalise_answer
 from confagg.report import flatten, seed_summary
 
@@ -311,14 +311,13 @@ def test_auroc_equals_pair_counting():
 
 
 def _table():
-    # p1: gold 7; "6/2" is 3 for the verifier (same key). p2: all right.
+    # p1: gold 7; "6/2" is 3 for the verifier (same answer group). p2: all right.
     conf1 = {"mean": [0.9, 0.3, 0.3, 0.1], "tail": [0.1, 0.5, 0.5, 0.9]}
     conf2 = {"mean": [0.8] * 4, "tail": [0.2] * 4}
     rows = []
     for pid, answers, keys, correct, tokens, conf in [
-        ("p1", ["7", "3", "6/2", None], ["7", "3", "3", None], [1, 0, 0, 0], [10, 20, 30, 40],
-         conf1),
-        ("p2", ["5"] * 4, ["5"] * 4, [1] * 4, [1] * 4, conf2),
+        ("p1", ["7", "3", "6/2", None], [0, 1, 1, -1], [1, 0, 0, 0], [10, 20, 30, 40], conf1),
+        ("p2", ["5"] * 4, [0] * 4, [1] * 4, [1] * 4, conf2),
     ]:  # fmt: skip
         for i in range(4):
             rows.append(
@@ -326,7 +325,7 @@ def _table():
                     "problem_id": pid,
                     "sample_idx": i,
                     "answer": answers[i],
-                    "answer_key": keys[i],
+                    "answer_group": keys[i],
                     "correct": bool(correct[i]),
                     "num_tokens": tokens[i],
                     "mean": conf["mean"][i],
@@ -381,16 +380,16 @@ def test_evaluate_benchmark_hand_computed():
     assert r["auroc"]["tail"]["pooled"] == 0.0
 
 
-def test_evaluate_benchmark_answer_keys_decide_equivalence():
+def test_evaluate_benchmark_answer_groups_decide_equivalence():
     table = _table()
-    with_keys = evaluate_benchmark(table, ks=[4], seed=0)
-    raw = evaluate_benchmark(table.drop(columns="answer_key"), ks=[4], seed=0)
-    # without the verifier's key "3" and "6/2" differ: 7, 3, 6/2 tie and 7 comes first
-    assert _acc(with_keys, "majority", 4) == 0.5
-    assert _acc(raw, "majority", 4) == 1.0
-    # an answer the verifier could not parse (no key) still votes
-    unparsed = table.assign(answer_key=table["answer_key"].where(table["answer"] != "6/2"))
-    assert _acc(evaluate_benchmark(unparsed, ks=[4], seed=0), "majority", 4) == 1.0
+    grouped = evaluate_benchmark(table, ks=[4], seed=0)
+    # "3" and "6/2" in one group outvote 7; split, 7, 3, 6/2 tie and 7 comes first
+    split = table.assign(answer_group=table["answer_group"].mask(table["answer"] == "6/2", 2))
+    assert _acc(grouped, "majority", 4) == 0.5
+    assert _acc(evaluate_benchmark(split, ks=[4], seed=0), "majority", 4) == 1.0
+    # a sample whose group is -1 abstains, whatever its answer string
+    abstain = table.assign(answer_group=table["answer_group"].mask(table["answer"] == "7", -1))
+    assert _acc(evaluate_benchmark(abstain, ks=[4], seed=0), "best:mean", 4) == 0.5
 
 
 def test_evaluate_benchmark_flags_mixed_verdicts_and_bad_tables():
@@ -455,3 +454,117 @@ def test_flatten_and_seed_summary():
     assert summary.loc[("pass", 1), "accuracy_std"] == 0.0
     assert summary.loc[("weighted:tail", 1), "metric"] == "tail"
     assert set(METRICS) == set(r0["auroc"])
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepConf-online, simulated from stored traces
+
+
+def test_online_stops_at_the_first_window_below_the_threshold():
+    # window 3: group means 5, 14/3, 10/3, 2, 7/3, 11/3 (the groups end at tokens 2..7)
+    conf = [5, 5, 5, 4, 1, 1, 5, 5]
+    spent = mt.online_spent(conf, 3, [3.0, 4.0, 1.0, 10 / 3])
+    # < 3: the group of tokens 3..5 (mean 2) is the first, so 6 tokens are generated; < 4: the
+    # group 2..4 (10/3); < 1: none, the whole trace; < 10/3 exactly: 10/3 is not below it
+    np.testing.assert_array_equal(spent, [6, 5, 8, 6])
+    assert mt.online_spent([0.1, 0.1], 3, [5.0]).tolist() == [2]  # shorter than w: never stopped
+    assert mt.online_spent([9, 9, 1], 3, [7.0]).tolist() == [3]  # stopped on its last token
+
+
+def test_online_threshold_is_numpys_percentile():
+    warm = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert mt.online_threshold(warm, 10) == pytest.approx(4.6)  # 90th percentile
+    assert mt.online_threshold(warm, 90) == pytest.approx(1.4)
+    assert np.isnan(mt.online_threshold([np.nan], 10))
+
+
+def test_deepconf_online_one_set_by_hand():
+    keys = [0, 1, 0, 1, 1, 0]
+    lowest = [3.0, 1.0, 2.0, 2.5, 0.5, 4.0]
+    tokens = np.array([10, 10, 10, 10, 10, 10])
+    # warm-up: the first 2; threshold 2.0: trace 0 (3.0) votes, trace 1 (1.0) does not
+    spent = np.array([10, 10, 10, 10, 4, 10])  # trace 4 is stopped after 4 tokens
+    # after the warm-up answer 0 holds all the weight: consensus 1.0 >= 0.95, nothing drawn
+    assert mt.deepconf_online(keys, lowest, tokens, spent, 2, 2.0, 0.95) == (0, 20, 2)
+    # tau above 1 draws everything: votes 0: 3 + 2 + 4 = 9, 1: 2.5; trace 4 stopped, no vote
+    assert mt.deepconf_online(keys, lowest, tokens, spent, 2, 2.0, 1.01) == (0, 54, 6)
+    # two warm-up voters: 1: 1.0, 0: 3.0, so 0 leads with 0.75 of the weight
+    keys, lowest = [1, 0, 1, 0], [1.0, 3.0, 2.5, 2.0]
+    assert mt.deepconf_online(keys, lowest, tokens[:4], tokens[:4], 2, 1.0, 0.7) == (1, 20, 2)
+    # tau 0.8: trace 2 (1: 3.5 of 6.5), trace 3 (0: 5.0 of 8.5), the budget is spent
+    assert mt.deepconf_online(keys, lowest, tokens[:4], tokens[:4], 2, 1.0, 0.8) == (1, 40, 4)
+    # nobody passes: no answer
+    assert mt.deepconf_online([0, 0], [1.0, 1.0], [5, 5], [5, 5], 2, 2.0, 0.9) == (-1, 10, 2)
+
+
+def _online_table(confs, keys, correct):
+    """One problem, one row per trace: metrics from the hand-built token confidences."""
+    from confagg.confidence import trace_metrics
+
+    offsets = np.r_[0, np.cumsum([len(c) for c in confs])]
+    metrics = trace_metrics(np.concatenate(confs).astype(np.float64), offsets, 3, 3)
+    return pd.DataFrame(
+        {
+            "problem_id": "p",
+            "sample_idx": range(len(confs)),
+            "answer": [str(k) for k in keys],
+            "answer_group": keys,
+            "correct": correct,
+            "num_tokens": [len(c) for c in confs],
+            **metrics,
+        }
+    )
+
+
+def test_evaluate_benchmark_online_rows_from_hand_built_traces():
+    confs = [
+        np.array([5.0, 5, 5, 5]),  # warm-up: lowest group 5
+        np.array([1.0, 1, 1, 1]),  # warm-up: lowest 1
+        np.array([5.0, 5, 1, 1, 1, 5]),  # stops after 4 tokens below the threshold
+        np.array([4.0, 4, 4, 4]),  # finishes (lowest 4)
+    ]
+    # window 3, warm-up 2. eta 10: threshold = 90th percentile of (5, 1) = 4.6; the wrong
+    # trace 1 does not vote; trace 2's first group (11/3) is below it: 3 tokens, no vote;
+    # trace 3 (groups of 4) likewise. Only trace 0 votes: right, 4 + 4 + 3 + 3 tokens.
+    table = _online_table(confs, keys=[0, 1, 1, 0], correct=[True, False, False, True])
+    online = Online(warmup=2, etas=(10, 90), consensus=1.01)  # never stops drawing early
+    r = evaluate_benchmark(table, ks=[4], seed=0, online=online, spend=in_memory_spend(confs, 3))
+    cell = r["methods"]["online10"]["by_k"]["4"]
+    assert r["methods"]["online10"]["family"] == "online"
+    assert cell["accuracy"] == 1.0
+    assert cell["tokens_per_problem"] == 14
+    assert cell["tokens_saved_per_problem"] == 18 - 14
+    assert cell["traces_per_problem"] == 4
+    # eta 90: threshold 1.4; trace 2's group of tokens 2..4 (mean 1) is below it: 5 tokens;
+    # trace 3 finishes and votes with trace 0
+    cell = r["methods"]["online90"]["by_k"]["4"]
+    assert cell["accuracy"] == 1.0 and cell["tokens_per_problem"] == 4 + 4 + 5 + 4
+    # with consensus 0.95 the warm-up alone decides for eta 10 (only trace 0 votes)
+    early = Online(warmup=2, etas=(10,), consensus=0.95)
+    r = evaluate_benchmark(table, ks=[4], seed=0, online=early, spend=in_memory_spend(confs, 3))
+    assert r["methods"]["online10"]["by_k"]["4"]["tokens_per_problem"] == 8
+    # no k above the warm-up: no online rows
+    r = evaluate_benchmark(table, ks=[2], seed=0, online=early, spend=in_memory_spend(confs, 3))
+    assert "online10" not in r["methods"]
+
+
+def test_identical_picks_are_marked():
+    table = pd.DataFrame(
+        {
+            "problem_id": "p",
+            "sample_idx": range(4),
+            "answer_group": [0, 1, 1, 2],
+            "correct": [True, False, False, False],
+            "num_tokens": 1,
+            **{m: [0.9, 0.5, 0.5, 0.1] for m in METRICS},
+        }
+    )
+    r = evaluate_benchmark(table, ks=[1, 4], seed=0)
+    by4 = {name: info["by_k"]["4"] for name, info in r["methods"].items()}
+    # eta = 10 of 4 keeps one trace: DeepConf top 10% is best-of-4
+    assert by4["top10:mean"]["same_as"] == "best:mean" and "same_as" not in by4["best:mean"]
+    # the weighted vote (0.9 against 0.5 + 0.5) picks what the majority picks
+    assert by4["weighted:mean"]["same_as"] == "majority"
+    assert "same_as" not in by4["majority"] and by4["top90:mean"]["same_as"] == "majority"
+    # at k = 1 every vote picks the one sample
+    assert r["methods"]["best:tail"]["by_k"]["1"]["same_as"] == "majority"

@@ -1,4 +1,5 @@
-"""Tests for confagg.models: the tiny random Qwen3 and the SmolLM2 GGUF conversion."""
+"""Tests for the local model folders: confagg.tinymodel (the tiny random Qwen3 that tests use)
+and confagg.models (the SmolLM2 GGUF conversion)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from confagg import models
+from confagg import models, tinymodel
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -21,7 +22,7 @@ MESSAGES = [
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny Qwen3 folder (seed 0) shared by the tests of this module."""
-    return models.build_tiny_qwen3(tmp_path_factory.mktemp("tiny") / "tiny-qwen3", seed=0)
+    return tinymodel.build_tiny_qwen3(tmp_path_factory.mktemp("tiny") / "tiny-qwen3", seed=0)
 
 
 def _state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -70,8 +71,8 @@ def test_tiny_qwen3_tokenizer_and_chat_template(tiny_dir: Path) -> None:
 
 
 def test_tiny_qwen3_is_deterministic(tiny_dir: Path, tmp_path: Path) -> None:
-    again = models.build_tiny_qwen3(tmp_path / "again", seed=0)
-    other = models.build_tiny_qwen3(tmp_path / "other", seed=1)
+    again = tinymodel.build_tiny_qwen3(tmp_path / "again", seed=0)
+    other = tinymodel.build_tiny_qwen3(tmp_path / "other", seed=1)
     first, second, third = _state_dict(tiny_dir), _state_dict(again), _state_dict(other)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -84,7 +85,7 @@ def test_build_replaces_existing_folder_atomically(tmp_path: Path) -> None:
     out = tmp_path / "model"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    models.build_tiny_qwen3(out, seed=0)
+    tinymodel.build_tiny_qwen3(out, seed=0)
     assert not (out / "stale.txt").exists()
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folders left
@@ -96,12 +97,12 @@ def test_failed_build_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", boom)
     with pytest.raises(OSError, match="disk full"):
-        models.build_tiny_qwen3(tmp_path / "model", seed=0)
+        tinymodel.build_tiny_qwen3(tmp_path / "model", seed=0)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_tiny_qwen3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert models.main(["tiny-qwen3", str(tmp_path / "m"), "--seed", "3"]) == 0
+    assert tinymodel.main([str(tmp_path / "m"), "--seed", "3"]) == 0
     assert (tmp_path / "m" / "config.json").is_file()
     assert "wrote" in capsys.readouterr().out
 

@@ -284,7 +284,7 @@ def test_killed_job_is_resubmitted_and_resumes(local_slurm, workdir, tiny_model)
     problems, n = 8, 3
     cfg = tiny_config(tiny_model)
     pool = {"source": {"demo": {"n": problems, "seed": 5}}, "samples_per_problem": n, "shards": 1}
-    sampling = {**cfg["sampling"], "problems_per_chunk": 1, "max_tokens": 32}
+    sampling = {**cfg["sampling"], "problems_in_flight": 1, "max_tokens": 32}
     args = _setup(
         workdir,
         tiny_model,

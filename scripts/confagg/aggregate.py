@@ -4,12 +4,14 @@ Sets are the ones every voting method at ``k = set_size`` uses (confagg.evaluate
 ``confagg.methods.disjoint_sets`` of its samples in ``sample_idx`` order, set ``j`` = samples
 ``j*m .. j*m+m-1``. Each variant (config ``evaluation.aggregators``) reads every set with or
 without the confidence scores in its prompt (confagg.aggregator_prompt, the builder training
-uses), with the base model or with the trained LoRA adapter, and writes ``outputs_per_set``
-completions per set, graded against the gold answer with the shared verifier.
+uses), with the base model or with the LoRA adapter of one training run (``training.variants``:
+e.g. Conf-AggLM trained with confidences, plain AggLM without), and writes ``outputs_per_set``
+completions per set, graded against the gold answer with the shared verifier. With thinking
+mode (``require_think_end``), a completion that never closes its thinking has no answer.
 
-One engine serves every variant, the trained adapter applied per request (vLLM LoRA); or, with
-``evaluation.trained_model: merged``, the base variants run on one engine and the trained ones
-on a second engine over the merged model (vLLM's LoRA is slow on CPU).
+One engine serves every variant, each training run's adapter applied per request (vLLM LoRA);
+or, with ``evaluation.trained_model: merged``, the base variants run on one engine and each
+training run's variants on an engine over its merged model (vLLM's LoRA is slow on CPU).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from confagg.answers import after_think, extract_boxed
+from confagg.answers import after_think, final_answer
 from confagg.confidence import METRICS
 from confagg.methods import disjoint_sets
 from confagg.problems import read_problems
@@ -36,19 +38,8 @@ class Variant:
     """One entry of ``evaluation.aggregators``."""
 
     name: str
-    adapter: bool  # the trained aggregator (else the base model)
+    trained: str | None  # the training run (a key of training.variants); None: the base model
     confidence: bool  # confidences shown in the prompt
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """``evaluation.aggregator_sampling`` with ``n = evaluation.outputs_per_set``."""
-
-    n: int
-    temperature: float
-    top_p: float
-    top_k: int
-    max_tokens: int
 
 
 @dataclass(frozen=True)
@@ -57,12 +48,14 @@ class Settings:
 
     set_size: int
     variants: tuple[Variant, ...]
-    sampling: Sampling
+    # vllm.SamplingParams keywords: evaluation.aggregator_sampling, n = outputs_per_set
+    sampling: dict
     engine: dict  # keyword arguments of vllm.LLM (generator.engine)
     prompt: dict  # aggregator.prompt (confagg.aggregator_prompt)
     chat_template_kwargs: dict
     lora_rank: int  # training.lora.r: the engine's max LoRA rank must hold it
     trained_model: str  # "lora" | "merged"
+    require_think_end: bool  # a completion without </think> has no answer
     seed: int
 
 
@@ -85,18 +78,22 @@ def candidate_sets(df: pd.DataFrame, m: int) -> list[tuple[str, int, list[dict]]
     return out
 
 
-def _engine_plan(model: str, trained: str | None, variants: Sequence[Variant], mode: str):
-    """(engine model, its variants, with LoRA) per engine, started one after the other."""
-    uses_training = [v for v in variants if v.adapter]
-    if uses_training and trained is None:
-        raise ValueError("a variant asks for the trained aggregator but none was given")
-    if uses_training and mode == "merged":  # base model, then the merged model
-        base = [v for v in variants if not v.adapter]
-        return [(model, base, False), (trained, uses_training, False)]
-    return [(model, list(variants), bool(uses_training))]  # the adapter applied per request
+def _engine_plan(
+    model: str, trained: Mapping[str, str], variants: Sequence[Variant], mode: str
+) -> list[tuple[str, list[Variant], bool]]:
+    """(engine model, its variants, with LoRA) per engine, started one after the other.
+    ``trained``: training run -> its adapter (mode "lora") or merged model (mode "merged")."""
+    missing = sorted({v.trained for v in variants if v.trained is not None} - set(trained))
+    if missing:
+        raise ValueError(f"variants use training runs {missing} but no --trained gives them")
+    runs = list(dict.fromkeys(v.trained for v in variants if v.trained is not None))
+    if runs and mode == "merged":  # the base model, then one engine per merged model
+        plan = [(model, [v for v in variants if v.trained is None], False)]
+        return plan + [(trained[r], [v for v in variants if v.trained == r], False) for r in runs]
+    return [(model, list(variants), bool(runs))]  # the adapters applied per request
 
 
-def _variant_rows(llm, variant, sets, problems, settings, params, lora, rows) -> None:
+def _variant_rows(llm, variant, sets, problems, settings, params, loras, rows) -> None:
     """Generate one variant's completions for every set and append them to ``rows``."""
     from confagg.aggregator_prompt import render_prompt
 
@@ -117,7 +114,7 @@ def _variant_rows(llm, variant, sets, problems, settings, params, lora, rows) ->
         [r.text for r in rendered],
         params,
         use_tqdm=False,
-        lora_request=lora if variant.adapter else None,
+        lora_request=loras.get(variant.trained),
     )
     for (pid, j, _), prompt, req in zip(sets, rendered, outputs, strict=True):
         for comp in req.outputs:
@@ -127,7 +124,7 @@ def _variant_rows(llm, variant, sets, problems, settings, params, lora, rows) ->
             rows["k"].append(settings.set_size)
             rows["output_idx"].append(comp.index)
             rows["text"].append(comp.text)
-            rows["answer"].append(extract_boxed(comp.text))
+            rows["answer"].append(final_answer(comp.text, settings.require_think_end))
             rows["num_tokens"].append(len(comp.token_ids))
             rows["prompt_tokens"].append(prompt.num_tokens)
             rows["prompt_truncated"].append(prompt.truncated)
@@ -135,7 +132,7 @@ def _variant_rows(llm, variant, sets, problems, settings, params, lora, rows) ->
 
 def run_variants(
     model: str,
-    trained: str | None,
+    trained: Mapping[str, str],
     problems: Mapping[str, dict],
     sets: list,
     settings: Settings,
@@ -145,34 +142,33 @@ def run_variants(
     """Generate every variant's outputs for every set; AGG_OUTPUTS rows graded with
     ``processes`` verifier workers.
 
-    ``trained`` is the LoRA adapter when ``settings.trained_model`` is "lora" (applied per
-    request on the base model's engine), the merged model folder (confagg.merge) when it is
-    "merged" (served by a second engine)."""
+    ``trained`` maps each training run to its LoRA adapter when ``settings.trained_model`` is
+    "lora" (applied per request on the base model's engine), to its merged model folder
+    (confagg.merge) when it is "merged" (one engine each)."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
     from confagg.engine import make_engine, release_engine
     from confagg.verify import verify_many
 
-    s = settings.sampling
-    params = SamplingParams(
-        n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens
-    )
+    params = SamplingParams(**settings.sampling)
     rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
     plan = _engine_plan(model, trained, settings.variants, settings.trained_model)
     for engine_model, group, with_lora in plan:
         if not group:
             continue
         engine_kwargs = dict(settings.engine)
+        loras = {}
         if with_lora:
             # vLLM accepts only some max ranks: the smallest one that holds the adapter's
             ranks = [r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= settings.lora_rank]
             engine_kwargs.update(enable_lora=True, max_lora_rank=ranks[0] if ranks else 512)
+            runs = dict.fromkeys(v.trained for v in group if v.trained is not None)
+            loras = {r: LoRARequest(r, i, str(trained[r])) for i, r in enumerate(runs, start=1)}
         llm = make_engine(engine_model, settings.seed, engine_kwargs)
-        lora = LoRARequest("trained", 1, str(trained)) if with_lora else None
         for variant in group:
-            _variant_rows(llm, variant, sets, problems, settings, params, lora, rows)
-            log(f"{variant.name}: {len(sets)} sets x {s.n} outputs ({engine_model})")
+            _variant_rows(llm, variant, sets, problems, settings, params, loras, rows)
+            log(f"{variant.name}: {len(sets)} sets x {params.n} outputs ({engine_model})")
         release_engine(llm)
         del llm
     golds = [problems[pid]["answer"] for pid in rows["problem_id"]]
@@ -191,19 +187,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="aggregator base model folder")
     ap.add_argument(
         "--trained",
-        default=None,
-        help="the trained LoRA adapter, or the merged model (settings trained_model: merged)",
+        action="append",
+        default=[],
+        metavar="RUN=PATH",
+        help="a training run's LoRA adapter, or its merged model (trained_model: merged); "
+        "once per run the variants use",
     )
     ap.add_argument("--settings", required=True, help="JSON, see the rule aggregate_sets")
     ap.add_argument("--processes", type=int, default=1, help="verifier processes for grading")
     ap.add_argument("out")
     args = ap.parse_args(argv)
     settings = load(Settings, args.settings)
+    bad = [t for t in args.trained if "=" not in t]
+    if bad:
+        ap.error(f"--trained takes RUN=PATH, got {bad}")
+    trained = dict(t.split("=", 1) for t in args.trained)
     problems = {p["id"]: p for p in read_problems(args.problems)}
     df = load_candidates(args.samples, args.scores, args.grades, text=True)
     table = run_variants(
         args.model,
-        args.trained,
+        trained,
         problems,
         candidate_sets(df, settings.set_size),
         settings,

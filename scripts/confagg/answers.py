@@ -48,3 +48,11 @@ def extract_boxed(text: str) -> str | None:
             content = content.strip()
             return content or None
     return None
+
+
+def final_answer(text: str, require_think_end: bool) -> str | None:
+    """:func:`extract_boxed`, except that with ``require_think_end`` (thinking mode) a text that
+    never closes its thinking has no answer: a box written while still thinking is no answer."""
+    if require_think_end and THINK_END not in text:
+        return None
+    return extract_boxed(text)

@@ -7,7 +7,7 @@ once with a message naming the key (``sampling.temperature: 'hot' is not of type
 from __future__ import annotations
 
 import re
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import yaml
@@ -97,3 +97,116 @@ def check_model(spec: str, key: str) -> None:
 def hub_slug(spec: str) -> str:
     """Folder name for a hub model under resources/models/."""
     return spec.replace("/", "--")
+
+
+# vLLM's default cap on logprobs per token (engine argument max_logprobs)
+VLLM_MAX_LOGPROBS = 20
+
+
+def grpo_generation_batch(training: Mapping) -> tuple[int, str]:
+    """(completions per generation round, how it is made up), as TRL 1.16's
+    ``GRPOConfig.__post_init__`` derives it: ``generation_batch_size`` when given, else
+    per-device batch x processes x ``steps_per_generation`` (default: the accumulation steps).
+    The train job runs one process per GPU, one on CPU (``gpus: 0``)."""
+    processes = max(int(training["gpus"]), 1)
+    per_device = training["per_device_train_batch_size"]
+    if training.get("generation_batch_size") is not None:
+        return training["generation_batch_size"], "training.generation_batch_size"
+    steps = training.get("steps_per_generation") or training["gradient_accumulation_steps"]
+    steps_key = (
+        "training.steps_per_generation"
+        if training.get("steps_per_generation")
+        else "training.gradient_accumulation_steps"
+    )
+    return (
+        per_device * processes * steps,
+        f"training.per_device_train_batch_size {per_device} x {processes} process(es) "
+        f"(training.gpus {training['gpus']}) x {steps_key} {steps}",
+    )
+
+
+def _disjoint_sets(curation: Mapping) -> bool:
+    """Whether curation partitions a problem's samples into disjoint sets (then s x m samples
+    are needed) rather than drawing each set independently (then m are enough)."""
+    return curation.get("set_sampling", "disjoint") == "disjoint"
+
+
+def check_consistency(config: Mapping) -> None:
+    """Cross-key checks of a validated config (each key alone is valid): raise ConfigError
+    naming every pair of keys that cannot work together, with their values, so the run stops
+    before any job instead of failing or silently doing less deep inside one."""
+    problems: list[str] = []
+    pool, cur, ev = config["training_pool"], config["curation"], config["evaluation"]
+    n_pool, n_eval = pool["samples_per_problem"], ev["samples_per_problem"]
+
+    if cur["set_size"] > n_pool:
+        problems.append(
+            f"curation.set_size {cur['set_size']} > training_pool.samples_per_problem {n_pool}: "
+            f"no training set could be built"
+        )
+    elif _disjoint_sets(cur) and cur["set_size"] * cur["sets_per_problem"] > n_pool:
+        problems.append(
+            f"curation.sets_per_problem {cur['sets_per_problem']} x curation.set_size "
+            f"{cur['set_size']} = {cur['sets_per_problem'] * cur['set_size']} > "
+            f"training_pool.samples_per_problem {n_pool}: disjoint sets (curation.set_sampling "
+            f"disjoint) need that many samples per problem"
+        )
+    if ev["set_size"] > n_eval:
+        problems.append(
+            f"evaluation.set_size {ev['set_size']} > evaluation.samples_per_problem {n_eval}: "
+            f"the aggregators would get no candidate set"
+        )
+    too_big = [k for k in ev["ks"] if k > n_eval]
+    if too_big:
+        problems.append(
+            f"evaluation.ks {too_big} > evaluation.samples_per_problem {n_eval}: a k needs at "
+            f"least k samples per problem"
+        )
+    names = [a["name"] for a in ev["aggregators"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"evaluation.aggregators: names {dupes} appear more than once")
+
+    training = config["training"]
+    batch, made_of = grpo_generation_batch(training)
+    groups = training["num_generations"]
+    if batch % groups:
+        problems.append(
+            f"training.num_generations {groups} does not divide the generation batch {batch} "
+            f"({made_of}): TRL needs whole groups of completions per prompt"
+        )
+    if training.get("eval_steps") is not None and cur["val_fraction"] == 0:
+        problems.append(
+            f"training.eval_steps {training['eval_steps']} needs validation sets, but "
+            f"curation.val_fraction is 0"
+        )
+    if cur["val_fraction"] >= 1:
+        problems.append(
+            f"curation.val_fraction {cur['val_fraction']} leaves no problem for training"
+        )
+
+    engine = config["generator"]["engine"]
+    logprobs, cap = config["sampling"]["logprobs"], engine.get("max_logprobs", VLLM_MAX_LOGPROBS)
+    if logprobs > cap:
+        problems.append(
+            f"sampling.logprobs {logprobs} > generator.engine.max_logprobs {cap} (vLLM's cap)"
+        )
+    max_len = engine.get("max_model_len")
+    if isinstance(max_len, int):
+        max_tokens = config["sampling"]["max_tokens"]
+        if max_tokens >= max_len:
+            problems.append(
+                f"sampling.max_tokens {max_tokens} >= generator.engine.max_model_len {max_len}: "
+                f"no room left for the prompt"
+            )
+        budget = config["aggregator"]["prompt"]["max_prompt_tokens"]
+        answer = ev["aggregator_sampling"]["max_tokens"]
+        if ev["aggregators"] and budget is not None and budget + answer > max_len:
+            problems.append(
+                f"aggregator.prompt.max_prompt_tokens {budget} + "
+                f"evaluation.aggregator_sampling.max_tokens {answer} = {budget + answer} > "
+                f"generator.engine.max_model_len {max_len} (the aggregator's engine at "
+                f"evaluation)"
+            )
+    if problems:
+        raise ConfigError("inconsistent configuration:\n  " + "\n  ".join(problems))

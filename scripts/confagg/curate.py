@@ -4,29 +4,58 @@ Steps (AggLM, Zhao et al. 2025, "The Majority is not always right: RL training f
 aggregation"):
 
 1. Join every training-pool shard's samples, scores and grades on (problem_id, sample_idx).
-2. **Contamination guard**: a pool problem whose normalised text (``problem_key``) equals a
-   benchmark problem's is removed and listed in the summary.
-3. Optionally drop samples with no extracted answer and/or cut by the length limit
+   A sample has an answer only where the grader gave it one (``answer_group`` >= 0: not when
+   its thinking never ended, with ``curation.require_think_end``).
+2. **Contamination guard**: a pool problem is removed, and listed in the summary, when its
+   normalised text (``problem_key``) equals a benchmark problem's ("exact"), or when it shares
+   a run of ``decontamination_ngram`` words (default 8, after NFKC and case folding; the check
+   public training-data pipelines use) with any benchmark problem ("ngram"): reworded copies.
+3. Optionally drop samples with no answer and/or cut by the length limit
    (``finish_reason == "length"``); the counts are reported whether dropped or not.
 4. Split problems 80/20 into train/validation (seeded), so no problem is in both.
-5. Per problem, ``s`` sets of ``m`` candidates, each drawn without replacement from the
-   problem's samples (a problem with fewer than ``m`` samples gets none; sets may overlap).
-   **Majority rule**: answers vote in the groups of confagg.grouping (an answerless candidate
-   abstains); a set is **easy** when the majority answer (confagg.methods.majority_top) is
-   correct and no other answer ties it, and **hard** otherwise: a tie, or a set without any
-   answer, is hard (majority voting does not reliably reach the right answer there).
+5. Per problem, ``s`` sets of ``m`` candidates. ``set_sampling: disjoint`` (AggLM's sets, the
+   default): a seeded permutation of the problem's samples cut into disjoint sets of ``m``,
+   the first ``s`` of them (128 samples -> 16 sets of 8, a partition; fewer when ``s * m`` is
+   more than the problem has). ``overlapping``: ``s`` independent draws of ``m`` without
+   replacement (sets may share samples). A problem with fewer than ``m`` samples gets none.
+   **Majority rule**: answers vote in the answer groups of the grader (confagg.grouping:
+   never the gold answer); an answerless candidate abstains. A set is **easy** when the
+   majority group (confagg.methods.majority_top; a group is correct when its first candidate
+   is) is correct and no other group ties it, and **hard** otherwise: a tie, or a set without
+   any answer, is hard (majority voting does not reliably reach the right answer there). The
+   summary counts the sets of each kind (``sets.built``: ``wrong``, ``tie``, ``no_answer``).
 6. In each split, keep every hard set plus ``round(p * hard)`` easy sets, taken round-robin
    over the problems with easy sets in a seeded order (one per problem first, then a second,
    ...), so they spread over as many problems as possible.
 
-Outputs: ``train.parquet`` and ``val.parquet`` (``tables.SETS``; candidate texts cut to the
-part after ``</think>``) and ``summary.json``. Each sample's text is read in a second pass, and
-only for the candidates kept, so the pool's full reasoning traces never sit in memory at once.
+Outputs: ``train.parquet`` and ``val.parquet`` (``tables.SETS``, sets in problem then set
+order; candidate texts cut to the part after ``</think>``) and ``summary.json``.
+
+Memory. Sets are chosen from the samples' metadata alone (no text). The kept sets are then
+written in chunks of about ``CHUNK_CANDIDATES`` candidates, in problem order: a chunk's texts
+are read from the row groups that hold them (``tables.iter_batches``), cut, written, and
+dropped, so at most one chunk's texts are in memory whatever the pool's size.
+
+Prompt budget. With ``--max-prompt-tokens`` (``aggregator.prompt.max_prompt_tokens``), a
+candidate text longer than the whole budget is cut in its middle as the prompt builder cuts it
+(``confagg.aggregator_prompt``): its first and last ``budget / 2`` tokens stay, around the
+marker ``[... N tokens omitted ...]``. No prompt can show more of it, so the sets hold what
+prompts can use; a truncated thinking trace (no ``</think>``: the whole text is the candidate)
+is the usual case. Tokens are *estimated*, not counted: a sample's text has ``num_tokens``
+tokens of the generator, so its characters per token are known; a text is cut when it is
+estimated at more than ``CUT_MARGIN`` x the budget, and keeps ``CUT_MARGIN`` x the characters
+that ``budget / 2`` tokens take at that density, at each end (N: the estimate of the rest).
+Tokenizing instead would cost as much as sampling's detokenisation of every long trace, and the
+margin (25%) absorbs a tokenizer that differs from the generator's or a denser head or tail:
+the prompt builder, which counts exactly with the aggregator's tokenizer, still makes the final
+cut, so a prompt built from the sets equals one built from the whole texts (the builder's marker
+then counts the tokens omitted from the stored text). The summary counts the texts cut.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -41,16 +70,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from confagg.aggregator_prompt import MARKER
 from confagg.answers import after_think
 from confagg.confidence import METRICS
-from confagg.grouping import answer_keys
-from confagg.methods import majority_top
+from confagg.methods import disjoint_sets, majority_top
 from confagg.problems import read_problems
 from confagg.seeds import derive_seed
 from confagg.settings import load
-from confagg.tables import SETS, load_candidates, write_json, write_table
+from confagg.tables import (
+    SAMPLES,
+    SETS,
+    TableWriter,
+    iter_batches,
+    load_candidates,
+    row_group_starts,
+    write_json,
+)
+
+# A text is cut only when estimated at more than this many times the prompt budget, and keeps
+# this many times the characters the builder could show (module docstring: Prompt budget).
+CUT_MARGIN = 1.25
+# Kept sets are written in chunks of about this many candidates (texts read, cut, written and
+# dropped together): a chunk's texts are at most this many times the budget's worth of text.
+CHUNK_CANDIDATES = 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +106,8 @@ class Settings:
     val_fraction: float
     drop_no_answer: bool
     drop_truncated: bool
+    set_sampling: str  # "disjoint" | "overlapping"
+    decontamination_ngram: int | None  # null: exact matches only
     seed: int | None  # null: derived from the run seed (:func:`with_seed`)
 
     def with_seed(self, run_seed: int) -> Settings:
@@ -75,23 +120,61 @@ class Settings:
 # -------------------------------------------------------------------------- reading
 
 
-def attach_texts(sets: list[dict], samples: Sequence[str]) -> None:
-    """Fill each candidate's ``text`` (the part after ``</think>``) from the samples shards,
-    reading only the rows the sets use, batch by batch."""
-    wanted: dict[int, dict[int, list[dict]]] = {}
-    for s in sets:
-        for cand in s["candidates"]:
-            wanted.setdefault(cand.pop("shard"), {}).setdefault(cand.pop("row"), []).append(cand)
-    for shard, rows in wanted.items():
-        needed = np.array(sorted(rows), np.int64)
-        offset = 0
-        for batch in pq.ParquetFile(samples[shard]).iter_batches(1024, columns=["text"]):
-            lo, hi = np.searchsorted(needed, [offset, offset + batch.num_rows])
-            texts = batch.column(0).take(pa.array(needed[lo:hi] - offset)).to_pylist()
-            for r, text in zip(needed[lo:hi].tolist(), texts, strict=True):
-                for cand in rows[r]:
-                    cand["text"] = after_think(text)
-            offset += batch.num_rows
+class Texts:
+    """Candidate texts (the part after ``</think>``) from the samples shards, read only from the
+    row groups that hold the rows asked for, batch by batch."""
+
+    def __init__(self, samples: Sequence[str]):
+        self.samples = list(samples)
+        self._starts: dict[int, np.ndarray] = {}
+
+    def read(self, shard: int, rows: np.ndarray) -> dict[int, tuple[str, int]]:
+        """``{row: (text after </think>, characters of the whole text)}`` for the (sorted,
+        distinct) ``rows`` of one shard."""
+        path = self.samples[shard]
+        if shard not in self._starts:
+            self._starts[shard] = row_group_starts(path)
+        starts = self._starts[shard]
+        if len(rows) and rows[-1] >= starts[-1]:
+            raise ValueError(f"{path}: has {starts[-1]} rows, row {rows[-1]} asked for")
+        groups = np.searchsorted(starts, rows, side="right") - 1
+        out: dict[int, tuple[str, int]] = {}
+        for rg in np.unique(groups).tolist():
+            want, offset = rows[groups == rg], int(starts[rg])
+            for batch in iter_batches(path, SAMPLES, ["text"], row_groups=[rg]):
+                lo, hi = np.searchsorted(want, [offset, offset + batch.num_rows])
+                texts = batch.column(0).take(pa.array(want[lo:hi] - offset)).to_pylist()
+                for r, text in zip(want[lo:hi].tolist(), texts, strict=True):
+                    out[r] = (after_think(text), len(text))
+                offset += batch.num_rows
+                if offset > want[-1]:
+                    break
+        return out
+
+
+@dataclass
+class Cuts:
+    """Candidate texts cut to the prompt budget: how many, and the tokens (estimated) cut."""
+
+    texts: int = 0
+    tokens: int = 0
+
+
+def cut_to_budget(text: str, chars_per_token: float, budget: int | None, cuts: Cuts) -> str:
+    """``text`` cut in its middle when it is estimated at more than ``CUT_MARGIN`` x ``budget``
+    tokens (``chars_per_token``: its sample's density), keeping ``CUT_MARGIN`` x the
+    characters of ``budget / 2`` tokens at each end (the module docstring); ``cuts`` counts."""
+    if (
+        budget is None
+        or not chars_per_token > 0
+        or len(text) <= CUT_MARGIN * budget * chars_per_token
+    ):
+        return text
+    keep = math.ceil(CUT_MARGIN * budget / 2 * chars_per_token)
+    omitted = round((len(text) - 2 * keep) / chars_per_token)
+    cuts.texts += 1
+    cuts.tokens += omitted
+    return text[:keep] + MARKER.format(n=omitted) + text[len(text) - keep :]
 
 
 # ------------------------------------------------------------------- contamination
@@ -107,38 +190,77 @@ def problem_key(text: str) -> str:
     return _SPACING.sub("", text)
 
 
-def contaminated(pool: Sequence[Mapping], benchmarks: Mapping[str, Sequence[Mapping]]) -> dict:
-    """``{pool problem id: ["<benchmark>:<id>", ...]}`` for pool problems that match any
-    benchmark problem's normalised text."""
-    index: dict[str, list[str]] = {}
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """A problem's words for n-gram matching: NFKC, case-folded, runs of letters and digits
+    (LaTeX commands become words: ``\\frac{1}{2}`` is ``frac 1 2``)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _WORD.findall(text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"))
+
+
+def ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    """Every distinct run of ``n`` consecutive words of ``text``, in text order (none when it
+    has fewer words)."""
+    w = words(text)
+    return list(dict.fromkeys(tuple(w[i : i + n]) for i in range(len(w) - n + 1)))
+
+
+def contaminated(
+    pool: Sequence[Mapping], benchmarks: Mapping[str, Sequence[Mapping]], ngram: int | None = 8
+) -> dict[str, dict]:
+    """``{pool problem id: {"matches": ["<benchmark>:<id>", ...], "how": "exact" | "ngram",
+    "ngram": the first shared n-gram in the pool problem's text, or None}}`` for pool problems
+    that equal a benchmark problem's normalised text, or share an ``ngram``-word run with one
+    (``ngram`` None: exact copies only)."""
+    exact: dict[str, list[str]] = {}
+    shared: dict[tuple[str, ...], list[str]] = {}
     for name, problems in benchmarks.items():
         for p in problems:
-            index.setdefault(problem_key(p["problem"]), []).append(f"{name}:{p['id']}")
-    return {p["id"]: index[k] for p in pool if (k := problem_key(p["problem"])) in index}
+            ref = f"{name}:{p['id']}"
+            exact.setdefault(problem_key(p["problem"]), []).append(ref)
+            for g in ngrams(p["problem"], ngram) if ngram else ():
+                shared.setdefault(g, []).append(ref)
+    out = {}
+    for p in pool:
+        if (key := problem_key(p["problem"])) in exact:
+            out[p["id"]] = {"matches": exact[key], "how": "exact", "ngram": None}
+            continue
+        hits = [g for g in (ngrams(p["problem"], ngram) if ngram else ()) if g in shared]
+        if hits:
+            refs = list(dict.fromkeys(r for g in hits for r in shared[g]))
+            out[p["id"]] = {"matches": refs, "how": "ngram", "ngram": " ".join(hits[0])}
+    return out
 
 
 # --------------------------------------------------------------------- set building
 
 
-def majority(answers: Sequence[str | None], correct: Sequence[bool]) -> tuple[bool, str | None]:
-    """(hard, majority answer) of one set under the module's majority rule; the answer shown
-    for a tie is the first seen of the tied wrong answers."""
-    top = majority_top(answer_keys(answers, correct))
-    if len(top) == 1 and correct[top[0]]:
-        return False, answers[top[0]]
+def majority(
+    groups: Sequence[int], answers: Sequence[str | None], correct: Sequence[bool]
+) -> tuple[str, str | None]:
+    """(kind, majority answer) of one set under the module's majority rule: kind "easy",
+    "wrong" (the majority group is wrong), "tie" or "no_answer"; the answer shown for a tie is
+    the first seen of the tied wrong groups."""
+    top = majority_top(groups)
     if not top:
-        return True, None
-    return True, answers[next((i for i in top if not correct[i]), top[0])]
+        return "no_answer", None
+    if len(top) == 1:
+        return ("easy" if correct[top[0]] else "wrong"), answers[top[0]]
+    return "tie", answers[next((i for i in top if not correct[i]), top[0])]
 
 
 def build_sets(
     df: pd.DataFrame, problem_ids: Sequence[str], settings: Settings
 ) -> dict[str, list[dict]]:
-    """``s`` sets of ``m`` candidates for each problem with at least ``m`` samples in ``df``:
-    ``{problem id: [{set_id, hard, majority_answer, rows}]}``, ``rows`` indexing ``df``'s
-    positions. A problem's draws depend only on the seed and its id."""
-    m, out = settings.set_size, {}
+    """Up to ``s`` sets of ``m`` candidates (``settings.set_sampling``, see the module
+    docstring) for each problem with at least ``m`` samples in ``df``: ``{problem id: [{set_id,
+    hard, kind, majority_answer, rows}]}``, ``rows`` indexing ``df``'s positions, a disjoint
+    set in sample order. A problem's sets depend only on the seed and its id."""
+    m, s, out = settings.set_size, settings.sets_per_problem, {}
     answers = [None if pd.isna(a) else a for a in df["answer"]]
+    groups = df["answer_group"].to_numpy(np.int64)
     correct = df["correct"].to_numpy(bool)
     sample_idx = df["sample_idx"].to_numpy()
     for pid, group in df.groupby("problem_id", sort=False).indices.items():
@@ -146,35 +268,18 @@ def build_sets(
             continue
         rows = group[np.argsort(sample_idx[group], kind="stable")]
         rng = np.random.default_rng(derive_seed(settings.seed, "sets", pid))
+        if settings.set_sampling == "disjoint":
+            draws = list(disjoint_sets(len(rows), m, rng)[:s])
+        else:
+            draws = [rng.choice(len(rows), size=m, replace=False) for _ in range(s)]
         sets = []
-        for j in range(settings.sets_per_problem):
-            chosen = rows[rng.choice(len(rows), size=m, replace=False)]
-            hard, maj = majority([answers[i] for i in chosen], correct[chosen].tolist())
-            sets.append({"set_id": f"{pid}/{j}", "hard": hard, "majority_answer": maj,
-                         "rows": chosen})  # fmt: skip
+        for j, positions in enumerate(draws):
+            chosen = rows[positions]
+            kind, maj = majority(groups[chosen], [answers[i] for i in chosen], correct[chosen])
+            sets.append({"set_id": f"{pid}/{j}", "hard": kind != "easy", "kind": kind,
+                         "majority_answer": maj, "rows": chosen})  # fmt: skip
         out[pid] = sets
     return {pid: out[pid] for pid in problem_ids if pid in out}
-
-
-def with_candidates(sets: list[dict], df: pd.DataFrame) -> None:
-    """Replace each set's ``rows`` by its candidates (``text`` still to come: they carry the
-    ``shard``/``row`` to read it from)."""
-    cols = {c: df[c].to_numpy() for c in ["sample_idx", "correct", "num_tokens", *METRICS]}
-    cols["answer"] = df["answer"].to_numpy(object)
-    where = df[["shard", "row"]].to_numpy()
-    for s in sets:
-        s["candidates"] = [
-            {
-                "sample_idx": int(cols["sample_idx"][i]),
-                "answer": None if pd.isna(cols["answer"][i]) else cols["answer"][i],
-                "correct": bool(cols["correct"][i]),
-                "num_tokens": int(cols["num_tokens"][i]),
-                **{k: float(cols[k][i]) for k in METRICS},
-                "shard": int(where[i, 0]),
-                "row": int(where[i, 1]),
-            }
-            for i in s.pop("rows")
-        ]
 
 
 def split_problems(
@@ -257,15 +362,18 @@ def curate(
     pool: pd.DataFrame,
     benchmarks: Mapping[str, Sequence[Mapping]],
     settings: Settings,
-) -> tuple[list[dict], list[dict], dict]:
-    """(train sets, validation sets, summary) from the pool's problems and joined samples
-    (``tables.load_candidates``). Candidates still carry ``shard``/``row`` in place of
-    ``text``."""
+) -> tuple[list[dict], list[dict], dict, pd.DataFrame]:
+    """(train sets, validation sets, summary, usable samples) from the pool's problems and
+    joined samples (``tables.load_candidates``). A set holds the ``rows`` (positions) of its
+    candidates in the usable samples' frame, for :func:`write_sets`."""
     by_id = {p["id"]: p for p in problems}
     unknown = sorted(set(pool["problem_id"]) - by_id.keys())
     if unknown:
         raise ValueError(f"samples of problems missing from the training pool: {unknown[:5]}")
-    dirty = contaminated(problems, benchmarks)
+    spread = pool.groupby("problem_id")["shard"].nunique()
+    if (spread > 1).any():  # answer groups are numbered per shard's grading
+        raise ValueError(f"problem {spread[spread > 1].index[0]!r} has samples in several shards")
+    dirty = contaminated(problems, benchmarks, settings.decontamination_ngram)
     pool = pool[~pool["problem_id"].isin(dirty)]
     no_answer = pool["answer"].isna()
     truncated = pool["finish_reason"] == "length"
@@ -278,7 +386,6 @@ def curate(
     train_ids, val_ids = split_problems(with_sets, settings.val_fraction, settings.seed)
     train, train_counts = select_sets(sets, train_ids, settings.easy_ratio, settings.seed, "train")
     val, val_counts = select_sets(sets, val_ids, settings.easy_ratio, settings.seed, "val")
-    with_candidates(train + val, usable)
     for pid, group in sets.items():
         p = by_id[pid]
         for s in group:
@@ -291,6 +398,8 @@ def curate(
         "problems": {
             "pool": len(problems),
             "contaminated": len(dirty),
+            "contaminated_exact": sum(d["how"] == "exact" for d in dirty.values()),
+            "contaminated_ngram": sum(d["how"] == "ngram" for d in dirty.values()),
             "without_samples": sum(p not in sampled for p in clean_ids),
             "too_few_samples": sum(p in sampled and p not in sets for p in clean_ids),
             "with_sets": len(with_sets),
@@ -301,6 +410,7 @@ def curate(
             "total": len(pool),
             "status": {k: int(v) for k, v in sorted(Counter(pool["status"]).items())},
             "no_answer": int(no_answer.sum()),
+            "unfinished_thinking": int(pool["unfinished_thinking"].sum()),
             "truncated": int(truncated.sum()),
             "dropped": {
                 "no_answer": int((no_answer & settings.drop_no_answer).sum()),
@@ -314,18 +424,85 @@ def curate(
             "built": {
                 "hard": sum(s["hard"] for s in built),
                 "easy": sum(not s["hard"] for s in built),
+                **{k: sum(s["kind"] == k for s in built) for k in ("wrong", "tie", "no_answer")},
             },
             "train": train_counts,
             "val": val_counts,
         },
-        "contaminated": [{"id": k, "matches": v} for k, v in dirty.items()],
+        "contaminated": [{"id": k, **v} for k, v in dirty.items()],
     }
-    return train, val, summary
+    return train, val, summary, usable
 
 
-def sets_table(sets: list[dict]) -> pa.Table:
-    """The SETS table of built sets (their candidates' texts attached)."""
-    return pa.Table.from_pylist([{name: s[name] for name in SETS.names} for s in sets], schema=SETS)
+def write_sets(
+    outputs: Sequence[str],
+    splits: Sequence[list[dict]],
+    usable: pd.DataFrame,
+    problem_order: Mapping[str, int],
+    texts: Texts,
+    budget: int | None = None,
+) -> Cuts:
+    """Write each split's sets (``curate``'s, each split in problem order) to its SETS file, a
+    chunk of about ``CHUNK_CANDIDATES`` candidates at a time (the module docstring); returns
+    the texts cut to the budget. The splits are walked together in ``problem_order`` (the
+    order of the pool's problems, which is the shards' row order), so each row group of the
+    samples is read about once for all of them."""
+    cols = {c: usable[c].to_numpy() for c in ["sample_idx", "correct", "num_tokens", *METRICS]}
+    cols["answer"] = usable["answer"].to_numpy(object)
+    where = usable[["shard", "row"]].to_numpy(np.int64)
+    tagged = sorted(
+        (problem_order[s["problem_id"]], k, i)
+        for k, split in enumerate(splits)
+        for i, s in enumerate(split)
+    )
+    set_size = max((len(s["rows"]) for split in splits for s in split[:1]), default=1)
+    step = max(1, CHUNK_CANDIDATES // set_size)  # sets per chunk
+    cuts = Cuts()
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(TableWriter(out, SETS)) for out in outputs]
+        for lo in range(0, len(tagged), step):
+            chunk = [(k, splits[k][i]) for _, k, i in tagged[lo : lo + step]]
+            needed = np.unique(np.concatenate([s["rows"] for _, s in chunk]))
+            text = {
+                p: cut_to_budget(t, full / max(int(cols["num_tokens"][p]), 1), budget, cuts)
+                for p, (t, full) in _read_texts(needed, where, texts).items()
+            }
+            rows: list[list[dict]] = [[] for _ in outputs]
+            for k, s in chunk:
+                rows[k].append(_set_row(s, text, cols))
+            for writer, part in zip(writers, rows, strict=True):
+                if part:
+                    writer.write(pa.Table.from_pylist(part, schema=SETS))
+    return cuts
+
+
+def _read_texts(
+    positions: np.ndarray, where: np.ndarray, texts: Texts
+) -> dict[int, tuple[str, int]]:
+    """:meth:`Texts.read` for rows of the pool frame (``where``: their shard and row)."""
+    out = {}
+    for shard in np.unique(where[positions, 0]).tolist():
+        mine = positions[where[positions, 0] == shard]
+        read = texts.read(shard, np.unique(where[mine, 1]))
+        out.update({int(p): read[int(r)] for p, r in zip(mine, where[mine, 1], strict=True)})
+    return out
+
+
+def _set_row(s: Mapping, text: Mapping[int, str], cols: Mapping[str, np.ndarray]) -> dict:
+    """One SETS row: the set's fields and its candidates (pool frame ``rows``)."""
+    row = {name: s[name] for name in SETS.names if name != "candidates"}
+    row["candidates"] = [
+        {
+            "sample_idx": int(cols["sample_idx"][p]),
+            "text": text[p],
+            "answer": None if pd.isna(cols["answer"][p]) else cols["answer"][p],
+            "correct": bool(cols["correct"][p]),
+            "num_tokens": int(cols["num_tokens"][p]),
+            **{m: float(cols[m][p]) for m in METRICS},
+        }
+        for p in s["rows"].tolist()
+    ]
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,16 +517,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", required=True, help="training sets (parquet) to write")
     ap.add_argument("--val", required=True, help="validation sets (parquet) to write")
     ap.add_argument("--summary", required=True, help="summary (JSON) to write")
+    ap.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="the aggregator's prompt budget: longer candidate texts are cut (module docstring)",
+    )
     args = ap.parse_args(argv)
 
     settings = load(Settings, args.settings).with_seed(args.run_seed)
     problems = read_problems(args.problems)
     benchmarks = {Path(b).stem: read_problems(b) for b in args.benchmarks}
     pool = load_candidates(args.samples, args.scores, args.grades)
-    train, val, summary = curate(problems, pool, benchmarks, settings)
-    attach_texts(train + val, args.samples)
-    write_table(sets_table(train), args.train, SETS)
-    write_table(sets_table(val), args.val, SETS)
+    train, val, summary, usable = curate(problems, pool, benchmarks, settings)
+    del pool
+    cuts = write_sets(
+        [args.train, args.val],
+        [train, val],
+        usable,
+        {p["id"]: i for i, p in enumerate(problems)},
+        Texts(args.samples),
+        args.max_prompt_tokens,
+    )
+    summary["samples"]["cut_to_prompt_budget"] = {
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "texts": cuts.texts,
+        "tokens_removed": cuts.tokens,
+    }
     write_json(summary, args.summary)
     print(json.dumps({k: summary[k] for k in ("problems", "sets")}, indent=1), file=sys.stderr)
 

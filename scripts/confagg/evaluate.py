@@ -1,12 +1,13 @@
 """Evaluation of one benchmark x seed: every method's accuracy and tokens at every k.
 
-    python -m confagg.evaluate --samples S... --scores S... --grades G... \
+    python -m confagg.evaluate --samples S... --scores S... --grades G... \\
         [--aggregator aggregators.parquet] --settings JSON --seed N OUT_DIR
 
 writes ``metrics.json`` (:func:`evaluate_benchmark`) and ``candidates.parquet``
 (``tables.EVAL_CANDIDATES``: one row per sample, for the report's histograms). The maths of
-each method is in :mod:`confagg.methods`, answer grouping in :mod:`confagg.grouping`.
-Conventions:
+each method is in :mod:`confagg.methods`. Answers vote in the grader's ``answer_group``
+(:mod:`confagg.grouping`: equivalence classes found without the gold answer); the gold answer
+only decides which class is right (a class is right when its first sample is). Conventions:
 
 * Sets of size ``k`` are the disjoint sets of :func:`confagg.methods.disjoint_sets`, per
   problem: consecutive samples in ``sample_idx`` order (``shuffle=False``, the default, so set
@@ -18,6 +19,12 @@ Conventions:
   summed ``num_tokens`` of the set's samples (every voting method at ``k`` reads the same
   samples), ``k`` times the problem's mean sample length for pass@k, and for an aggregator the
   set's samples plus the mean tokens of one aggregator call.
+* DeepConf-online (``online<eta>``, see :mod:`confagg.methods`) runs on the same k-sets, at
+  every ``k`` above its warm-up size: tokens are what it actually generates
+  (``tokens_per_problem``), and ``tokens_saved_per_problem`` what the full set would have cost
+  more. It needs every trace's token confidences, read shard by shard (:func:`streamed_spend`).
+* A method whose picks equal, set for set, those of a method listed before it at some ``k``
+  carries ``same_as`` there (DeepConf top 10% at k = 8 keeps one trace: it *is* best-of-8).
 * Only ``k <= n`` for every problem is evaluated; larger ks are listed in ``ks_skipped``.
 """
 
@@ -26,7 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +41,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from confagg import grouping
 from confagg import methods as mt
 from confagg.confidence import METRICS
 from confagg.seeds import derive_seed
@@ -42,6 +48,9 @@ from confagg.settings import load
 from confagg.tables import (
     AGG_OUTPUTS,
     EVAL_CANDIDATES,
+    SAMPLES,
+    flat_confidence,
+    iter_batches,
     load_candidates,
     read_table,
     write_json,
@@ -49,16 +58,19 @@ from confagg.tables import (
 )
 
 ETAS = (10, 90)
-SAMPLE_COLUMNS = ("problem_id", "sample_idx", "answer", "correct", "num_tokens", *METRICS)
+SAMPLE_COLUMNS = ("problem_id", "sample_idx", "answer_group", "correct", "num_tokens", *METRICS)
 AGGREGATOR_COLUMNS = ("method", "problem_id", "set_idx", "k", "correct", "num_tokens")
 
 
-def method_names(metrics: Sequence[str] = METRICS, etas: Sequence[float] = ETAS) -> list[str]:
+def method_names(
+    metrics: Sequence[str] = METRICS, etas: Sequence[float] = ETAS, online_etas: Sequence = ()
+) -> list[str]:
     """Names of the sample-based methods, in report order."""
     names = ["pass", "majority"]
     names += [f"weighted:{m}" for m in metrics]
-    names += [f"top{eta:g}:{m}" for eta in etas for m in metrics]
     names += [f"best:{m}" for m in metrics]
+    names += [f"top{eta:g}:{m}" for eta in etas for m in metrics]
+    names += [f"online{eta:g}" for eta in online_etas]
     return names
 
 
@@ -71,6 +83,10 @@ def method_info(name: str) -> dict:
     module does not know is an aggregator (family "aggregator", labelled by its name)."""
     if name in _FIXED_LABELS:
         return {"family": name, "metric": None, "eta": None, "label": _FIXED_LABELS[name]}
+    if name.startswith("online") and name[6:].replace(".", "", 1).isdigit():
+        eta = float(name[6:])
+        label = f"DeepConf-online top {eta:g}% (lowest_group)"
+        return {"family": "online", "metric": "lowest_group", "eta": eta, "label": label}
     family, _, metric = name.partition(":")
     if metric in METRICS:
         if family in _METRIC_LABELS:
@@ -87,23 +103,6 @@ def _num(x) -> float | None:
     """A JSON number: NaN becomes None."""
     x = float(x)
     return None if math.isnan(x) else x
-
-
-def answer_keys(samples: pd.DataFrame) -> np.ndarray:
-    """Int answer codes (-1 = no answer) of a sample table.
-
-    ``answer_key`` (the group key of confagg.grouping) where given; a sample with an answer but
-    no key still votes, grouped by ``grouping.normalise_answer`` among such samples; no answer
-    never votes. Without an ``answer_key`` column every answer is grouped by
-    ``grouping.normalise_answer``.
-    """
-    raw = samples["answer"].map(grouping.normalise_answer, na_action="ignore")
-    raw = ("raw:" + raw).where(raw.notna(), None)
-    if "answer_key" not in samples.columns:
-        return mt.answer_codes(raw.to_numpy(object))
-    key = samples["answer_key"].astype(object)
-    key = ("key:" + key.astype(str)).where(key.notna(), raw)
-    return mt.answer_codes(key.to_numpy(object))
 
 
 def _check(samples: pd.DataFrame) -> pd.DataFrame:
@@ -139,7 +138,8 @@ class _Benchmark:
         self.problem = codes.astype(np.int64)
         self.counts = np.bincount(self.problem, minlength=len(self.problems))
         self.starts = np.r_[0, np.cumsum(self.counts)[:-1]]
-        self.keys = answer_keys(df)
+        self.keys = df["answer_group"].to_numpy(np.int64)  # -1: no answer
+        self.sample_idx = df["sample_idx"].to_numpy(np.int64)
         self.correct = df["correct"].to_numpy(bool)
         self.tokens = df["num_tokens"].to_numpy(np.float64)
         self.conf = {m: df[m].to_numpy(np.float64) for m in METRICS}
@@ -220,6 +220,92 @@ def _aggregator_rows(b: _Benchmark, aggregator: pd.DataFrame) -> dict[str, dict]
     return out
 
 
+@dataclass(frozen=True)
+class Online:
+    """``evaluation.deepconf_online``: warm-up traces, kept shares, consensus threshold."""
+
+    warmup: int
+    etas: tuple[float, ...]
+    consensus: float
+
+
+# What DeepConf-online needs from the token confidences: for each sample row (of the sorted
+# sample table), the tokens it spends against each of a list of thresholds.
+Spend = Callable[[Mapping[int, Sequence[float]]], Mapping[int, np.ndarray]]
+
+
+def _online_plan(b: _Benchmark, ks: Sequence[int], online: Online):
+    """Per (eta, k): the sets and each set's threshold; and the requests for :data:`Spend`
+    (every trace after a warm-up, with its set's threshold)."""
+    plans, requests = {}, {}
+    for k in ks:
+        if k <= online.warmup:
+            continue
+        idx, _ = b.sets(k)
+        warm = b.conf["lowest_group"][idx[:, : online.warmup]]
+        for eta in online.etas:
+            thresholds = np.array([mt.online_threshold(row, eta) for row in warm])
+            plans[eta, k] = (idx, thresholds)
+            for row, t in zip(idx[:, online.warmup :], thresholds, strict=True):
+                for r in row.tolist():
+                    requests.setdefault(r, []).append(t)
+    return plans, requests
+
+
+def _online_cells(b: _Benchmark, online: Online, plans, requests, spend: Spend, picks: dict):
+    """``{name: {str(k): cell}}`` of DeepConf-online; its picks go into ``picks``."""
+    spent_of = spend(requests)
+    taken = {r: 0 for r in requests}  # how many of row r's thresholds are read so far
+    out: dict[str, dict] = {}
+    for (eta, k), (idx, thresholds) in plans.items():
+        winners, used, drawn = [], [], []
+        for row, t in zip(idx, thresholds, strict=True):
+            costs = b.tokens[row].copy()
+            for pos in range(online.warmup, k):
+                r = int(row[pos])
+                costs[pos] = spent_of[r][taken[r]]
+                taken[r] += 1
+            lowest = b.conf["lowest_group"][row]
+            w, u, d = mt.deepconf_online(
+                b.keys[row], lowest, b.tokens[row], costs, online.warmup, t, online.consensus
+            )
+            winners.append(w)
+            used.append(u)
+            drawn.append(d)
+        winners = np.array(winners, np.int64)
+        name = f"online{eta:g}"
+        picks.setdefault(name, {})[k] = winners
+        right = mt.picked_correct(winners, b.correct[idx]).astype(np.float64)
+        used = np.array(used, np.float64)
+        out.setdefault(name, {})[str(k)] = {
+            "accuracy": b.mean_over_problems(right, k),
+            "tokens_per_problem": b.mean_over_problems(used, k),
+            "tokens_saved_per_problem": b.mean_over_problems(b.tokens[idx].sum(axis=1) - used, k),
+            "traces_per_problem": b.mean_over_problems(np.array(drawn, np.float64), k),
+            "n_sets": len(idx),
+        }
+    return out
+
+
+def in_memory_spend(confidences: Sequence[np.ndarray], window: int) -> Spend:
+    """A :data:`Spend` over token confidences held in memory (``confidences[row]``)."""
+    return lambda requests: {
+        r: mt.online_spent(confidences[r], window, t) for r, t in requests.items()
+    }
+
+
+def _mark_identical(methods: dict, picks: dict) -> None:
+    """``same_as``: at each k, the first method (report order) with exactly the same picks."""
+    seen: dict[tuple[int, bytes], str] = {}
+    for name, by_k in picks.items():
+        for k, winners in by_k.items():
+            key = (k, np.ascontiguousarray(winners).tobytes())
+            if key in seen:
+                methods[name]["by_k"][str(k)]["same_as"] = seen[key]
+            else:
+                seen[key] = name
+
+
 def evaluate_benchmark(
     samples: pd.DataFrame,
     ks: Iterable[int],
@@ -228,14 +314,17 @@ def evaluate_benchmark(
     shuffle: bool = False,
     etas: Sequence[float] = ETAS,
     aggregator: pd.DataFrame | None = None,
+    online: Online | None = None,
+    spend: Spend | None = None,
 ) -> dict:
     """Accuracy and tokens of every method at every ``k``, and AUROC of every metric.
 
-    ``samples``: one row per sample with columns ``problem_id, sample_idx, answer, correct,
-    num_tokens`` and the four metrics (``answer_key`` optional, see :func:`answer_keys`).
-    ``aggregator`` (optional): one row per aggregator call with ``method, problem_id, set_idx,
-    k, correct, num_tokens`` (``set_idx`` numbers the problem's disjoint k-sets, see the module
-    docstring); accuracy is averaged over calls, then sets, then problems.
+    ``samples``: one row per sample with columns ``problem_id, sample_idx, answer_group,
+    correct, num_tokens`` and the four metrics; rows in any order (they are sorted by problem
+    and sample index, and :data:`Spend` rows number that order). ``aggregator`` (optional): one
+    row per aggregator call with ``method, problem_id, set_idx, k, correct, num_tokens``
+    (``set_idx`` numbers the problem's disjoint k-sets, see the module docstring); accuracy is
+    averaged over calls, then sets, then problems. ``online`` with ``spend``: DeepConf-online.
 
     Returns (JSON-serialisable; NaN is written as null)::
 
@@ -246,11 +335,16 @@ def evaluate_benchmark(
          "pass@1": float,                 # mean correctness, per problem then over problems
          "answered": float,               # fraction of samples with an answer
          "mean_tokens_per_sample": float,
-         "inconsistent_keys": int,        # (problem, answer key) groups with mixed verdicts
-         "methods": {name: {"family": "pass"|"majority"|"weighted"|"filter"|"best"|"aggregator",
+         "inconsistent_keys": int,        # (problem, answer group) with mixed verdicts
+         "methods": {name: {"family": "pass"|"majority"|"weighted"|"filter"|"best"|"online"
+                                      |"aggregator",
                             "metric": str|None, "eta": float|None, "label": str,
                             "by_k": {str(k): {"accuracy": float, "tokens_per_problem": float,
-                                              "n_sets": int|None}}}},   # n_sets None for pass
+                                              "n_sets": int|None,    # None for pass
+                                              "same_as": str,        # where picks are equal
+                                              # online only:
+                                              "tokens_saved_per_problem": float,
+                                              "traces_per_problem": float}}}},
          "auroc": {metric: {"pooled": float|None,            # over all samples
                             "per_problem_mean": float|None,  # over problems with both classes
                             "n_problems": int}}}             # how many such problems
@@ -264,6 +358,7 @@ def evaluate_benchmark(
     mean_tokens = _per_problem(b.tokens, b.problem, n_p)
 
     methods: dict[str, dict] = {}
+    picks: dict[str, dict[int, np.ndarray]] = {}
     for name in method_names(METRICS, etas):
         by_k = {}
         for k in used:
@@ -276,13 +371,22 @@ def evaluate_benchmark(
                 }
                 continue
             idx, _ = b.sets(k)
-            right = mt.picked_correct(_winners(b, name, idx), b.correct[idx])
+            winners = _winners(b, name, idx)
+            picks.setdefault(name, {})[k] = winners
+            right = mt.picked_correct(winners, b.correct[idx])
             by_k[str(k)] = {
                 "accuracy": b.mean_over_problems(right.astype(np.float64), k),
                 "tokens_per_problem": b.mean_over_problems(b.tokens[idx].sum(axis=1), k),
                 "n_sets": len(idx),
             }
         methods[name] = {**method_info(name), "by_k": by_k}
+    if online is not None:
+        if spend is None:
+            raise ValueError("DeepConf-online needs the token confidences (spend)")
+        plans, requests = _online_plan(b, used, online)
+        for name, by_k in _online_cells(b, online, plans, requests, spend, picks).items():
+            methods[name] = {**method_info(name), "by_k": by_k}
+    _mark_identical(methods, picks)
     if aggregator is not None and len(aggregator):
         for name, by_k in _aggregator_rows(b, aggregator).items():
             methods[name] = {**method_info(name), "by_k": by_k}
@@ -326,9 +430,36 @@ def evaluate_benchmark(
 
 @dataclass(frozen=True)
 class Settings:
-    """What the rule evaluate_seed passes from the config's ``evaluation`` section."""
+    """What the rule evaluate_seed passes: ``evaluation.ks``, ``confidence.window`` and
+    ``evaluation.deepconf_online``."""
 
     ks: tuple[int, ...]
+    window: int
+    online: Online
+
+
+def streamed_spend(samples: Sequence[str], df: pd.DataFrame, window: int) -> Spend:
+    """A :data:`Spend` reading the token confidences of the samples shards batch by batch
+    (``df``: the sorted sample table whose rows the requests number)."""
+
+    def spend(requests: Mapping[int, Sequence[float]]) -> dict[int, np.ndarray]:
+        keys = zip(df["problem_id"].tolist(), df["sample_idx"].tolist(), strict=True)
+        row_of = {key: r for r, key in enumerate(keys) if r in requests}
+        out = {}
+        columns = ["problem_id", "sample_idx", "token_confidence"]
+        for path in samples:
+            for batch in iter_batches(path, SAMPLES, columns):
+                conf, offsets = flat_confidence(batch)
+                pids, idxs = batch["problem_id"].to_pylist(), batch["sample_idx"].to_pylist()
+                keys = zip(pids, idxs, strict=True)
+                for i, key in enumerate(keys):
+                    r = row_of.get(key)
+                    if r is not None:
+                        trace = conf[offsets[i] : offsets[i + 1]]
+                        out[r] = mt.online_spent(trace, window, requests[r])
+        return out
+
+    return spend
 
 
 def evaluate_seed(
@@ -342,15 +473,29 @@ def evaluate_seed(
 ) -> dict:
     """metrics.json + candidates.parquet for one benchmark x seed (returns the metrics)."""
     df = load_candidates(samples, scores, grades)
-    df["answer_key"] = grouping.answer_keys(df["answer"], df["correct"])
-    agg = read_table(aggregator, AGG_OUTPUTS).to_pandas() if aggregator else None
-    result = evaluate_benchmark(df, settings.ks, seed, aggregator=agg)
+    # every column but the completions' texts, which no metric reads
+    columns = [c for c in AGG_OUTPUTS.names if c != "text"]
+    agg = read_table(aggregator, AGG_OUTPUTS, columns).to_pandas() if aggregator else None
+    result = evaluate_benchmark(
+        df,
+        settings.ks,
+        seed,
+        aggregator=agg,
+        online=settings.online,
+        spend=streamed_spend(samples, df, settings.window),
+    )
+    result["sample_counts"] = {
+        "no_answer": int((df["answer_group"] < 0).sum()),
+        "unfinished_thinking": int(df["unfinished_thinking"].sum()),
+        "truncated": int((df["finish_reason"] == "length").sum()),
+    }
     if agg is not None:
         result["aggregator_calls"] = {
             name: {
                 "calls": len(g),
                 "mean_prompt_tokens": float(g["prompt_tokens"].mean()),
                 "truncated_prompts": int(g["prompt_truncated"].sum()),
+                "no_answer": int(g["answer"].isna().sum()),
             }
             for name, g in agg.groupby("method")
         }

@@ -2,8 +2,9 @@
 
 ``<out>/manifest.json`` is written with the adapter when training completes: the settings, the
 trainer arguments (minus anything that could carry a credential), the inputs, the seeds, the
-rollout path, the device, package versions, the git commit of this code, and the Slurm job of
-every attempt (a resumed run has several).
+rollout path (``vllm-colocate`` or ``transformers-generate``, and the CPU-build adjustments of
+``confagg.colocate`` when they applied), the device, package versions, the git commit of this
+code, and the Slurm job of every attempt (a resumed run has several).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def build(
     inputs: dict,
     seeds: dict,
     rollouts: str,
+    rollout_adjustments: str | None,
     processes: int,
     attempts: list[dict],
 ) -> dict:
@@ -113,6 +115,7 @@ def build(
         "inputs": inputs,
         "seeds": seeds,
         "rollouts": rollouts,
+        "rollout_adjustments": rollout_adjustments,
         "processes": processes,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "packages": versions(),

@@ -30,6 +30,29 @@ Rules shared by every method (one rule everywhere, so the methods differ only in
   code uses, when the confidences are distinct; we keep exactly ``keep`` (ties at the cut in set
   order) where that code would keep every tied trace. Examples: eta = 10 keeps 1 of 8 and 13 of
   128; eta = 90 keeps 7 of 8 and 115 of 128.
+* **DeepConf-online** (Fu et al. 2025, Algorithm 2; the public code's deepconf-online.py and its
+  vLLM logits processor), simulated exactly from stored traces, one set of ``k`` traces (the
+  budget) at a time, traces drawn in set order:
+
+  1. The first ``N_init`` traces (all of them when ``k <= N_init``) are the warm-up, generated
+     in full. The threshold ``s`` is the ``(100 - eta)``-th percentile (numpy's linear
+     interpolation, as that code) of their lowest group confidence, so about eta % of them
+     are at or above it.
+  2. Every later trace is generated until its first full window of ``w`` tokens whose mean
+     token confidence is below ``s`` (the processor checks the window ending at each new
+     token once ``w`` tokens exist, and forces the end of the text there): it spends the
+     tokens up to and including that window's last token (:func:`online_spent`), and it does
+     not vote. A trace shorter than ``w`` has no full window and is never stopped.
+  3. Before each new trace, and after the warm-up, the vote so far is checked: voters are the
+     warm-up traces with lowest group confidence ``>= s`` and the later traces that finished
+     (not stopped, lowest group confidence ``>= s``, which only matters for a trace shorter
+     than ``w``, as in that code's post-filter), each weighing its lowest group confidence.
+     When the leading answer holds at least ``tau`` of the total weight, no more traces are
+     drawn (adaptive sampling).
+  4. The answer is the weighted vote of those voters (tie rule as above).
+
+  Tokens spent: the warm-up's, the stopped traces' prefixes and the finished traces'; traces
+  never drawn cost nothing.
 """
 
 from __future__ import annotations
@@ -248,6 +271,73 @@ def maj_at_k(keys, correct, k: int, rng: np.random.Generator | None = None) -> f
         return float("nan")
     correct = np.asarray(correct, dtype=bool)
     return float(picked_correct(majority_vote(keys[sets]), correct[sets]).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepConf-online
+
+
+def online_threshold(warmup_lowest, eta: float) -> float:
+    """The stopping threshold ``s``: the ``(100 - eta)``-th percentile of the warm-up traces'
+    lowest group confidences (NaN: none)."""
+    values = np.asarray(warmup_lowest, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(np.percentile(values, 100 - eta)) if values.size else float("nan")
+
+
+def online_spent(conf, window: int, thresholds) -> np.ndarray:
+    """Tokens one trace spends when generated online against each threshold: up to and
+    including the last token of its first full ``window`` whose mean is below the threshold,
+    or all of it when there is none (a trace shorter than ``window`` is never stopped)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    thresholds = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    n = len(conf)
+    if n < window:
+        return np.full(len(thresholds), n, dtype=np.int64)
+    cs = np.concatenate(([0.0], np.cumsum(conf)))
+    groups = (cs[window:] - cs[:-window]) / window  # group j ends at token j + window - 1
+    running_min = np.minimum.accumulate(groups)
+    # the first group below t is where the running minimum first drops below t
+    first = np.searchsorted(-running_min, -thresholds, side="right")
+    return np.where(first < len(groups), first + window, n).astype(np.int64)
+
+
+def deepconf_online(keys, lowest, tokens, spent, n_warmup: int, threshold: float, tau: float):
+    """One set of DeepConf-online (see the module docstring): ``(picked position or -1, tokens
+    spent, traces drawn)``.
+
+    ``keys``: answer codes (-1 = none); ``lowest``: each trace's lowest group confidence;
+    ``tokens``: its full length; ``spent``: what it costs when drawn after the warm-up
+    (:func:`online_spent` at ``threshold``; less than ``tokens`` means it was stopped)."""
+    keys = answer_codes(keys)
+    lowest = np.nan_to_num(np.asarray(lowest, dtype=np.float64), nan=-np.inf)
+    k = len(keys)
+    n_warm = min(n_warmup, k)
+    votes: dict[int, float] = {}
+    first: dict[int, int] = {}
+
+    def vote(pos: int) -> None:
+        if keys[pos] >= 0 and lowest[pos] >= threshold:
+            votes[keys[pos]] = votes.get(keys[pos], 0.0) + max(lowest[pos], 0.0)
+            first.setdefault(keys[pos], pos)
+
+    def consensus() -> float:
+        total = sum(votes.values())
+        return max(votes.values()) / total if total > 0 else 0.0
+
+    for pos in range(n_warm):
+        vote(pos)
+    used = int(np.sum(tokens[:n_warm]))
+    drawn = n_warm
+    while drawn < k and consensus() < tau:
+        used += int(spent[drawn])
+        if spent[drawn] >= tokens[drawn]:  # finished: not stopped
+            vote(drawn)
+        drawn += 1
+    if not votes:
+        return -1, used, drawn
+    best = min(votes, key=lambda a: (-votes[a], first[a]))
+    return first[best], used, drawn
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,12 +21,17 @@ of the limit (from ``SLURM_JOB_END_TIME`` when Slurm sets it, else the process s
 processes agree on stopping at the same step. The rerun resumes from the last checkpoint.
 
 Log rows (``log.jsonl``): ``step``, ``split`` ("train" or "eval"), ``time`` (unix seconds),
-``reward``, ``kl``, ``loss``, ``completion_length`` (mean tokens), then every other metric TRL
-logs under its own name (``reward_std``, ``entropy``, ``rewards/correct/mean``, ...).
+``reward``, ``kl``, ``loss``, ``completion_length`` (mean tokens), ``truncated`` (share of the
+step's rollouts cut at ``max_completion_length``), ``logp_gap`` (vLLM rollouts only: the largest
+difference between a sampled token's log-prob in vLLM and in the trained model, which shows
+that the weights reached vLLM: about 1e-6 in float32; LoRA dropout adds to it, since TRL scores
+the rollouts in training mode; null with generate), then every other metric TRL logs under its
+own name (``reward_std``, ``entropy``, ``rewards/correct/mean``, ...).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -125,7 +130,9 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+@functools.lru_cache(maxsize=8)
 def sha256(path: str | Path) -> str:
+    """The content hash of a file (read once per process: the inputs do not change in a run)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -299,6 +306,8 @@ def callbacks(live_log: Path, deadline: float | None):
                 "kl": metrics.get("kl"),
                 "loss": metrics.get("loss"),
                 "completion_length": metrics.get("completions/mean_length"),
+                "truncated": metrics.get("completions/clipped_ratio"),
+                "logp_gap": metrics.get("sampling/sampling_logp_difference/max"),
                 **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
             }
             with open(live_log, "a") as f:
@@ -306,6 +315,10 @@ def callbacks(live_log: Path, deadline: float | None):
             parts = [f"{k} {row[k]:.4g}" for k in ("reward", "kl", "loss") if row[k] is not None]
             if row["completion_length"] is not None:
                 parts.append(f"length {row['completion_length']:.1f}")
+            if row["truncated"] is not None:
+                parts.append(f"truncated {row['truncated']:.0%}")
+            if row["logp_gap"] is not None:
+                parts.append(f"vLLM logp gap {row['logp_gap']:.2g}")
             log(f"{split} step {state.global_step}/{state.max_steps}: {', '.join(parts)}")
 
     return SaveAndStop(), JsonlLog()

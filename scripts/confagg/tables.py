@@ -4,24 +4,36 @@ readers and joiners of those tables that more than one stage uses.
 A file appears under its final name only once it is complete (written to a temporary name in
 the same folder, flushed, then renamed), so a killed job never leaves a half file that looks
 finished.
+
+Tables of any size (a full-scale pool shard holds ~3 GB of text): writers gather rows into row
+groups of at most about ``ROW_GROUP_BYTES`` (:class:`TableWriter`, also under
+:func:`write_table`); readers take only the columns they need and, where a table can be large,
+iterate it in batches of about ``READ_BATCH_BYTES`` (:func:`iter_batches`), so a stage's memory
+does not grow with its input. Columns where one array could pass 2 GiB (texts, confidence
+lists, candidate lists) use 64-bit offsets (``large_string``, ``large_list``); files written
+with the 32-bit types before read as the schema says (cast on read).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from confagg.answers import after_think
 from confagg.confidence import METRICS
 
 # Every per-sample table starts with these: one row per (problem, sample).
@@ -35,12 +47,12 @@ _METRIC_FIELDS = [pa.field(m, pa.float64()) for m in METRICS]
 SAMPLES = pa.schema(
     [
         *_KEY_FIELDS,
-        pa.field("text", pa.string(), nullable=False),
+        pa.field("text", pa.large_string(), nullable=False),
         pa.field("answer", pa.string()),  # last \boxed{} after </think>; null when none
         pa.field("num_tokens", pa.int32(), nullable=False),
         pa.field("finish_reason", pa.string(), nullable=False),  # "stop" | "length" | ...
         # -mean(top-20 logprobs) per generated token, see confagg.confidence
-        pa.field("token_confidence", pa.list_(pa.float16()), nullable=False),
+        pa.field("token_confidence", pa.large_list(pa.float16()), nullable=False),
     ],
     metadata={"table": "samples"},
 )
@@ -58,6 +70,10 @@ GRADES = pa.schema(
         pa.field("correct", pa.bool_(), nullable=False),
         # "correct" | "incorrect" | "no_answer" | "timeout" | "unparseable"
         pa.field("status", pa.string(), nullable=False),
+        # equal within a problem = the same answer (confagg.grouping); -1: no answer
+        pa.field("answer_group", pa.int32(), nullable=False),
+        # thinking mode: the text never closes its thinking, so it has no answer (confagg.grade)
+        pa.field("unfinished_thinking", pa.bool_(), nullable=False),
     ],
     metadata={"table": "grades"},
 )
@@ -66,7 +82,7 @@ GRADES = pa.schema(
 CANDIDATE = pa.struct(
     [
         pa.field("sample_idx", pa.int32(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),  # the part after </think>
+        pa.field("text", pa.large_string(), nullable=False),  # the part after </think>
         pa.field("answer", pa.string()),
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("num_tokens", pa.int32(), nullable=False),
@@ -79,11 +95,11 @@ SETS = pa.schema(
     [
         pa.field("set_id", pa.string(), nullable=False),  # "<problem_id>/<set index>"
         pa.field("problem_id", pa.string(), nullable=False),
-        pa.field("problem", pa.string(), nullable=False),
+        pa.field("problem", pa.large_string(), nullable=False),
         pa.field("gold", pa.string(), nullable=False),
         pa.field("hard", pa.bool_(), nullable=False),  # the majority answer is wrong
         pa.field("majority_answer", pa.string()),
-        pa.field("candidates", pa.list_(CANDIDATE), nullable=False),
+        pa.field("candidates", pa.large_list(CANDIDATE), nullable=False),
     ],
     metadata={"table": "sets"},
 )
@@ -96,7 +112,7 @@ AGG_OUTPUTS = pa.schema(
         pa.field("set_idx", pa.int32(), nullable=False),
         pa.field("k", pa.int32(), nullable=False),
         pa.field("output_idx", pa.int32(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
+        pa.field("text", pa.large_string(), nullable=False),
         pa.field("answer", pa.string()),
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
@@ -121,17 +137,35 @@ EVAL_CANDIDATES = pa.schema(
 
 # Written with zstd: the confidence arrays compress a little and text a lot.
 _WRITE_OPTS = {"compression": "zstd", "use_dictionary": ["problem_id", "finish_reason"]}
+# Row groups hold at most about this much Arrow memory, and readers take batches of about this
+# much: a stage's memory follows these, not the table's size (a pool shard holds ~3 GB of text).
+ROW_GROUP_BYTES = 32 << 20
+READ_BATCH_BYTES = 8 << 20
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _remove_leftovers(folder: Path, pattern: str) -> None:
+    """Remove the temporaries that killed writes of one output left in ``folder`` (names that
+    fully match ``pattern``): a job is the only writer of its outputs, so they are dead."""
+    for leftover in folder.glob(".*"):
+        if re.fullmatch(pattern, leftover.name):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success (the
+    temporaries of earlier writes of ``path`` that a kill cut short are removed first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp's names: prefix, 8 characters of [a-z0-9_], suffix
+    _remove_leftovers(path.parent, re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -154,6 +188,7 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(out_dir).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(final.parent, re.escape(f".{final.name}.") + r"(tmp|old)-\d+-[0-9a-f]{8}")
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = final.parent / f".{final.name}.tmp-{tag}"
     tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp's 0700
@@ -177,26 +212,199 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
-    """Check ``table`` against ``schema`` and write it atomically as parquet."""
-    table = table.select(schema.names).cast(schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **_WRITE_OPTS)
+    """Check ``table`` against ``schema`` and write it atomically as parquet, in row groups of
+    at most about ``ROW_GROUP_BYTES`` (see :class:`TableWriter`)."""
+    with TableWriter(path, schema) as writer:
+        writer.write(table)
+
+
+class TableWriter:
+    """Write a table piece by piece, atomically (``atomic_path``): each ``write`` is cast to
+    ``schema`` and its rows are gathered into row groups of at most about ``row_group_bytes``
+    of Arrow memory (a row larger than that is a group alone). Memory stays about one row group
+    whatever the file's size, and a reader never needs more than one group at a time.
+
+        with TableWriter(out, SCORES) as writer:
+            for batch in ...:
+                writer.write(batch)
+
+    The file appears under its name only when the ``with`` block ends without an error.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, schema: pa.Schema, row_group_bytes: int | None = None
+    ):
+        self.path, self.schema = Path(path), schema
+        self.row_group_bytes = row_group_bytes or ROW_GROUP_BYTES
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_bytes = 0
+        self._stack: ExitStack | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> TableWriter:
+        with ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            self._writer = pq.ParquetWriter(tmp, self.schema, **_WRITE_OPTS)
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        """Add rows (any column order; extra columns are dropped, types cast to the schema)."""
+        if self._writer is None:
+            raise RuntimeError("TableWriter.write outside its with block")
+        table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+        try:
+            table = table.select(self.schema.names).cast(self.schema)
+        except (KeyError, pa.ArrowException) as e:
+            raise ValueError(f"{self.path}: rows do not fit the {_table_name(self.schema)} "
+                             f"table: {e}") from None  # fmt: skip
+        ends = np.cumsum(row_nbytes(table))
+        start = 0
+        while start < table.num_rows:
+            base = ends[start - 1] if start else 0
+            room = self.row_group_bytes - self._pending_bytes
+            stop = int(np.searchsorted(ends, base + room, side="right"))
+            if stop == start and not self._pending:
+                stop = start + 1  # one row larger than a group: a group alone
+            if stop > start:
+                self._pending.append(table.slice(start, stop - start))
+                self._pending_bytes += int(ends[stop - 1] - base)
+            if stop < table.num_rows:
+                self._flush()
+            start = stop
+
+    def _flush(self) -> None:
+        if self._pending:
+            group = pa.concat_tables(self._pending)
+            self._writer.write_table(group, row_group_size=max(group.num_rows, 1))
+            self.rows += group.num_rows
+        self._pending, self._pending_bytes = [], 0
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        stack, writer = self._stack, self._writer
+        if exc_type is not None:
+            self._stack = self._writer = None
+            with suppress(Exception):
+                writer.close()
+            return stack.__exit__(exc_type, exc, tb)  # the temporary file is removed
+        try:
+            self._flush()
+            self._stack = self._writer = None
+            writer.close()
+        except BaseException:
+            self._stack = self._writer = None
+            if not stack.__exit__(*sys.exc_info()):
+                raise
+            return False
+        return stack.__exit__(None, None, None)
+
+
+def row_nbytes(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """Arrow memory of each row in bytes (values plus offsets; validity bitmaps left out)."""
+    sizes = np.zeros(table.num_rows, np.float64)
+    for column in table.columns:
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        if chunks:
+            sizes += np.concatenate([_array_row_nbytes(c) for c in chunks])
+    return sizes
+
+
+def _array_row_nbytes(arr: pa.Array) -> np.ndarray:
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        return _array_row_nbytes(arr.indices)
+    if pa.types.is_struct(t):
+        sizes = np.zeros(len(arr), np.float64)
+        for child in arr.flatten():  # flatten applies the array's own offset
+            sizes += _array_row_nbytes(child)
+        return sizes
+    offset = 8 if pa.types.is_large_string(t) or pa.types.is_large_binary(t) else 4
+    if pa.types.is_string(t) or pa.types.is_binary(t) or offset == 8:
+        return pc.binary_length(arr).fill_null(0).to_numpy(zero_copy_only=False) + offset
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        child = _array_row_nbytes(arr.flatten())
+        parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+        per_row = np.bincount(parents, weights=child, minlength=len(arr))
+        return per_row + (8 if pa.types.is_large_list(t) else 4)
+    try:
+        width = max(t.bit_width // 8, 1)
+    except ValueError:  # any other type: its average
+        width = arr.nbytes / max(len(arr), 1)
+    return np.full(len(arr), float(width))
+
+
+def _checked_columns(
+    path: str | os.PathLike, schema: pa.Schema, columns: Sequence[str] | None
+) -> tuple[list[str], pa.Schema]:
+    """The column names to read and their target schema; a clear error naming the file when
+    it is not a table of ``schema``."""
+    names = list(schema.names if columns is None else columns)
+    unknown = [n for n in names if n not in schema.names]
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in the {_table_name(schema)} table")
+    try:
+        present = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as e:  # pyarrow's message names no file
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise ValueError(f"{path}: not a {_table_name(schema)} table (missing columns {missing})")
+    return names, pa.schema([schema.field(n) for n in names])
+
+
+def _cast(table: pa.Table, target: pa.Schema, path, schema: pa.Schema) -> pa.Table:
+    """``table`` in the declared types (files written before the 64-bit types read as well)."""
+    try:
+        return table.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise ValueError(f"{path}: not a {_table_name(schema)} table ({e})") from None
 
 
 def read_table(
     path: str | os.PathLike, schema: pa.Schema, columns: Sequence[str] | None = None
 ) -> pa.Table:
     """Read a parquet file written with ``schema`` (only ``columns`` of it, in that order, when
-    given: the others are never read); a clear error if it is something else."""
-    names = list(schema.names if columns is None else columns)
-    unknown = [n for n in names if n not in schema.names]
-    if unknown:
-        raise ValueError(f"columns {unknown} are not in the {_table_name(schema)} table")
-    missing = [n for n in names if n not in pq.read_schema(path).names]
-    if missing:
-        raise ValueError(f"{path}: not a {_table_name(schema)} table (missing columns {missing})")
-    table = pq.read_table(path, columns=names)
-    return table.cast(pa.schema([schema.field(n) for n in names]))
+    given: the others are never read); a clear error if it is something else. For a table
+    that can be large, :func:`iter_batches` reads it piece by piece."""
+    names, target = _checked_columns(path, schema, columns)
+    return _cast(pq.read_table(path, columns=names), target, path, schema)
+
+
+def iter_batches(
+    path: str | os.PathLike,
+    schema: pa.Schema,
+    columns: Sequence[str] | None = None,
+    batch_bytes: int | None = None,
+    row_groups: Sequence[int] | None = None,
+) -> Iterator[pa.Table]:
+    """The rows of a parquet file written with ``schema`` (of ``row_groups`` only, when given),
+    in order, as tables of about ``batch_bytes`` (uncompressed) each, holding only ``columns``
+    (in that order): memory stays about one batch plus one compressed row group whatever the
+    file's size. Batches never span two row groups."""
+    names, target = _checked_columns(path, schema, columns)
+    with pq.ParquetFile(path) as pf:
+        meta = pf.metadata
+        # the parquet leaf columns under each wanted top-level column
+        leaves = [
+            i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] in names
+        ]
+        for rg in range(meta.num_row_groups) if row_groups is None else row_groups:
+            group = meta.row_group(rg)
+            size = sum(group.column(i).total_uncompressed_size for i in leaves)
+            rows = max(1, int(group.num_rows * (batch_bytes or READ_BATCH_BYTES) / max(size, 1)))
+            try:
+                for batch in pf.iter_batches(batch_size=rows, row_groups=[rg], columns=names):
+                    yield _cast(pa.Table.from_batches([batch]), target, path, schema)
+            finally:  # the allocator keeps freed pages otherwise: memory creeps up group by group
+                pa.default_memory_pool().release_unused()
+
+
+def row_group_starts(path: str | os.PathLike) -> np.ndarray:
+    """The first row of each row group of a parquet file, then its number of rows."""
+    meta = pq.ParquetFile(path).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
 
 
 def _table_name(schema: pa.Schema) -> str:
@@ -214,9 +422,12 @@ def load_candidates(
     grades: Sequence[str | os.PathLike],
     text: bool = False,
 ) -> pd.DataFrame:
-    """One row per sample of some shards, sorted by (problem_id, sample_idx): its answer, tokens,
-    finish reason, confidence metrics, verdict (``correct``, ``status``), where it is stored
-    (``shard``: position in ``samples``, ``row``: row in that file) and, with ``text``, its text.
+    """One row per sample of some shards, sorted by (problem_id, sample_idx): its answer (null
+    where the grader found none: ``answer_group`` -1), tokens, finish reason, confidence
+    metrics, the grades columns, where it is stored (``shard``: position in ``samples``,
+    ``row``: row in that file) and, with ``text``, the part of its text after ``</think>``
+    (what every reader of candidate texts uses; read batch by batch, so the reasoning traces
+    never sit in memory at once).
 
     Shards pair up by position in the three lists; scores and grades are written in their
     samples' row order, so a row that does not match is a wrong input, reported with its file.
@@ -229,10 +440,12 @@ def load_candidates(
         )
     if not samples:
         raise ValueError("no shards given")
-    columns = [*_CANDIDATE_SAMPLE_COLUMNS, *(["text"] if text else [])]
     frames = []
     for shard, (sa, sc, gr) in enumerate(zip(samples, scores, grades, strict=True)):
-        df = read_table(sa, SAMPLES, columns).to_pandas()
+        df = read_table(sa, SAMPLES, _CANDIDATE_SAMPLE_COLUMNS).to_pandas()
+        if text:
+            batches = iter_batches(sa, SAMPLES, ["text"])
+            df["text"] = [after_think(t) for b in batches for t in b.column(0).to_pylist()]
         df["shard"], df["row"] = shard, np.arange(len(df))
         for path, schema in ((sc, SCORES), (gr, GRADES)):
             other = read_table(path, schema).to_pandas()
@@ -245,6 +458,8 @@ def load_candidates(
     if dup.any():
         pid, idx = df.loc[dup, KEY].iloc[0]
         raise ValueError(f"sample {pid!r}/{idx} appears in more than one shard")
+    # the grader's reading wins: no answer where it found none (e.g. unfinished thinking)
+    df["answer"] = df["answer"].where(df["answer_group"] >= 0, None)
     return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 

@@ -8,8 +8,12 @@ Run through accelerate (the rule ``train_aggregator`` does this)::
 
 Each training set (``tables.SETS``) becomes one prompt (``confagg.aggregator_prompt``, the same
 builder evaluation uses); the reward of a completion is 1 when its last ``\\boxed{}`` verifies
-against the set's gold answer (``confagg.verify.is_correct``), else 0. Rollouts use TRL's vLLM
-integration in colocate mode on GPU and plain ``generate`` on CPU.
+against the set's gold answer (``confagg.verify.is_correct``), else 0.
+
+Rollouts: with ``training.vllm.enabled`` (the default), TRL's vLLM integration in colocate mode
+generates them, on GPU and on CPU alike (on the CPU build with the adjustments of
+``confagg.colocate``); otherwise the training model's own ``generate``. The manifest records
+which path ran.
 
 The settings are the config's ``aggregator`` and ``training`` sections as the Snakefile
 validated them (defaults filled in from the schema, the only home of defaults). The keys of
@@ -32,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confagg import manifest, settings
+from confagg import manifest, settings, trainset
 from confagg.answers import extract_boxed
 from confagg.resume import (
     EXIT_STOPPED,
@@ -49,7 +53,7 @@ from confagg.resume import (
     write_log,
 )
 from confagg.seeds import derive_seed
-from confagg.tables import SETS, atomic_dir, read_table, write_json
+from confagg.tables import atomic_dir, write_json
 
 # Keys of the training section that are no GRPOConfig field, and what reads them.
 OWN_KEYS = {
@@ -61,7 +65,10 @@ OWN_KEYS = {
     "wandb": "W&B environment",
 }
 # Keys of training.vllm that are no ``vllm_<key>`` GRPOConfig field.
-OWN_VLLM_KEYS = {"enabled": "GRPOConfig use_vllm"}
+OWN_VLLM_KEYS = {
+    "enabled": "GRPOConfig use_vllm",
+    "kv_cache_memory_bytes": "confagg.colocate (CPU build)",
+}
 # Settings that may change between a run and its resumption (they do not change the training).
 RESUMABLE_CHANGES = {"stop_margin_min", "wandb", "save_total_limit"}
 
@@ -83,6 +90,7 @@ class Vllm:
     enabled: bool
     gpu_memory_utilization: float
     enable_sleep_mode: bool
+    kv_cache_memory_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -155,53 +163,7 @@ class TrainArgs:
 
 
 # --------------------------------------------------------------------------------------------
-# Data and reward
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """The trainer's columns (``prompt`` rendered, ``gold``, ``set_id``, ``prompt_tokens``) and
-    how many prompts the token budget truncated."""
-
-    columns: dict[str, list]
-    num_cut: int
-
-    def describe(self, path: str) -> str:
-        lengths = self.columns["prompt_tokens"]
-        return (
-            f"{len(lengths)} prompts from {path}: {min(lengths)}-{max(lengths)} tokens, "
-            f"{self.num_cut} truncated to max_prompt_tokens"
-        )
-
-
-def load_prompts(path: str, tokenizer, aggregator: Aggregator, limit: int | None = None) -> Prompts:
-    """The rendered aggregator prompts of a SETS parquet file (its first ``limit`` sets)."""
-    from confagg.aggregator_prompt import PromptTooLong, render_prompt
-
-    table = read_table(path, SETS)
-    if limit is not None:
-        table = table.slice(0, limit)
-    if table.num_rows == 0:
-        raise ValueError(f"{path}: no training sets")
-    cols: dict[str, list] = {"prompt": [], "gold": [], "set_id": [], "prompt_tokens": []}
-    cut = 0
-    for row in table.to_pylist():
-        try:
-            rendered = render_prompt(
-                tokenizer,
-                row["problem"],
-                row["candidates"],
-                aggregator.prompt,
-                aggregator.chat_template_kwargs,
-            )
-        except PromptTooLong as e:
-            raise PromptTooLong(f"{path}: set {row['set_id']}: {e}") from None
-        cut += rendered.truncated
-        cols["prompt"].append(rendered.text)
-        cols["gold"].append(row["gold"])
-        cols["set_id"].append(row["set_id"])
-        cols["prompt_tokens"].append(rendered.num_tokens)
-    return Prompts(cols, cut)
+# Data (confagg.trainset) and reward
 
 
 def correct(completions: list[str], gold: list[str], **_: Any) -> list[float]:
@@ -212,6 +174,104 @@ def correct(completions: list[str], gold: list[str], **_: Any) -> list[float]:
         1.0 if is_correct(answer, extract_boxed(text)) else 0.0
         for text, answer in zip(completions, gold, strict=True)
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# What a config implies: sets, steps, completions
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The size of a training run, as TRL 1.16 schedules it: each optimizer step generates
+    ``completions_per_step`` rollouts (processes x per-device batch x accumulation steps), i.e.
+    ``sets_per_step`` prompts x ``num_generations``; an epoch is the whole batches of sets."""
+
+    sets: int
+    processes: int
+    completions_per_step: int
+    sets_per_step: int
+    steps_per_epoch: int
+    steps: int
+    max_rollout_tokens: int  # steps x completions x max_completion_length
+
+    def describe(self) -> str:
+        return (
+            f"{self.sets} training sets; {self.completions_per_step} completions per optimizer "
+            f"step ({self.sets_per_step} sets x num_generations, over {self.processes} "
+            f"process(es)); {self.steps_per_epoch} steps per epoch; {self.steps} steps in all, "
+            f"at most {self.max_rollout_tokens:,} rollout tokens"
+        )
+
+
+def plan(num_sets: int, training: Training, processes: int) -> Plan:
+    """The :class:`Plan` of ``num_sets`` training sets under ``training``."""
+    import math
+
+    completions = (
+        processes * training.per_device_train_batch_size * training.gradient_accumulation_steps
+    )
+    sets_per_step = completions // training.num_generations
+    # TRL's sampler drops the sets of a last incomplete step
+    per_epoch = num_sets // sets_per_step
+    if per_epoch == 0 and training.max_steps is None:
+        raise ValueError(
+            f"{num_sets} training sets do not fill one optimizer step ({sets_per_step} sets: "
+            f"{completions} completions / training.num_generations {training.num_generations}); "
+            f"lower training.gradient_accumulation_steps or per_device_train_batch_size"
+        )
+    steps = training.max_steps or math.ceil(training.num_train_epochs * per_epoch)
+    return Plan(
+        sets=num_sets,
+        processes=processes,
+        completions_per_step=completions,
+        sets_per_step=sets_per_step,
+        steps_per_epoch=per_epoch,
+        steps=steps,
+        max_rollout_tokens=steps * completions * training.max_completion_length,
+    )
+
+
+def plan_main(argv: list[str]) -> int:
+    """``python -m confagg.train --plan``: print the :class:`Plan` of a config and exit."""
+    import argparse
+    import json
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from confagg.config import validate
+
+    ap = argparse.ArgumentParser(
+        prog="python -m confagg.train --plan", description=plan_main.__doc__
+    )
+    ap.add_argument("--plan", action="store_true", required=True)
+    given = ap.add_mutually_exclusive_group(required=True)
+    given.add_argument("--configfile", help="a workflow config file (its training section)")
+    given.add_argument("--settings", help="the --settings JSON of rule train_aggregator")
+    ap.add_argument(
+        "--schema",
+        default="workflow/schemas/config.schema.yaml",
+        help="the config schema (with --configfile; default: from the repository root)",
+    )
+    sets = ap.add_mutually_exclusive_group(required=True)
+    sets.add_argument("--train", help="the training sets (results/<run>/curated/train.parquet)")
+    sets.add_argument("--sets", type=int, help="a number of training sets (what if)")
+    ap.add_argument(
+        "--processes", type=int, help="training processes (default: training.gpus, 1 on CPU)"
+    )
+    args = ap.parse_args(argv)
+    if args.configfile:
+        config = yaml.safe_load(Path(args.configfile).read_text())
+        validate(config, args.schema)
+        section = {k: v for k, v in config["training"].items() if k != "variants"}
+        training = settings.from_mapping(Training, section, "training")
+    else:
+        training = settings.load(Settings, args.settings).training
+    num_sets = pq.ParquetFile(args.train).metadata.num_rows if args.train else args.sets
+    result = plan(num_sets, training, args.processes or max(training.gpus, 1))
+    print(result.describe())
+    print(json.dumps(asdict(result)))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,8 +312,10 @@ def grpo_config(s: Settings, out: Path, seed: int, run_name: str):
         bf16=bf16,
         use_cpu=not cuda,
         model_init_kwargs={"dtype": "auto" if bf16 else "float32"},
-        use_vllm=cuda and s.training.vllm.enabled,
+        use_vllm=s.training.vllm.enabled,
         vllm_mode="colocate",
+        # vLLM refuses sleep mode on CPU ("not supported on current platform")
+        vllm_enable_sleep_mode=s.training.vllm.enable_sleep_mode and cuda,
         vllm_max_model_length=(
             max_prompt + s.training.max_completion_length if max_prompt else None
         ),
@@ -304,30 +366,58 @@ def fingerprint(s: Settings, args: TrainArgs, seed: int, processes: int) -> dict
     }
 
 
+def load_data(s: Settings, args: TrainArgs, tokenizer, out: Path):
+    """The training prompts and, with ``eval_steps``, the validation prompts (``eval_sets`` of
+    them), from the cache in ``<out>/checkpoints`` or rendered into it by the main process
+    while the others wait."""
+    from accelerate import PartialState
+
+    if s.training.eval_steps is not None and not args.val:
+        raise SystemExit("training.eval_steps is set but no --val sets were given")
+    folder = out / "checkpoints"
+    aggregator = settings.to_dict(s.aggregator)
+
+    def load(render: bool):
+        train = trainset.load(
+            args.train, tokenizer, aggregator, folder, sha256(args.train), render=render
+        )
+        if s.training.eval_steps is None:
+            return train, None
+        limit = s.training.eval_sets
+        val = trainset.load(
+            args.val, tokenizer, aggregator, folder, sha256(args.val), limit, render
+        )
+        return train, val
+
+    state = PartialState()
+    if state.is_main_process:
+        data, eval_data = load(render=True)
+        trainset.remove_stale(folder, {p.path for p in (data, eval_data) if p is not None})
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        data, eval_data = load(render=False)
+    return data, eval_data
+
+
 def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callbacks):
     """The GRPOTrainer over the training (and validation) prompts, and the training prompts."""
-    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer, PrinterCallback
     from trl import GRPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    data = load_prompts(args.train, tokenizer, s.aggregator)
+    data, eval_data = load_data(s, args, AutoTokenizer.from_pretrained(args.model), out)
     log(f"training: {data.describe(args.train)}")
-    eval_data = None
-    if s.training.eval_steps is not None:
-        if not args.val:
-            raise SystemExit("training.eval_steps is set but no --val sets were given")
-        eval_data = load_prompts(args.val, tokenizer, s.aggregator, limit=s.training.eval_sets)
 
     setup_wandb(s.training.wandb, out, args.run_name)
+    config = grpo_config(s, out, seed, args.run_name)
+    prepare_rollouts(s, config)
     lora = s.training.lora
     trainer = GRPOTrainer(
         model=args.model,
         reward_funcs=[correct],
-        args=grpo_config(s, out, seed, args.run_name),
-        train_dataset=Dataset.from_dict(data.columns),
-        eval_dataset=Dataset.from_dict(eval_data.columns) if eval_data else None,
+        args=config,
+        train_dataset=data.dataset(),
+        eval_dataset=eval_data.dataset() if eval_data else None,
         peft_config=LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
@@ -341,9 +431,58 @@ def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callba
     return trainer, data
 
 
+def prepare_rollouts(s: Settings, config) -> None:
+    """What the colocated vLLM engine that the trainer builds needs first: a rendezvous port,
+    and on the CPU build the adjustments of ``confagg.colocate``."""
+    if not config.use_vllm:
+        return
+    _rendezvous_port()
+    if cpu_rollouts(config):
+        from confagg import colocate
+
+        if s.training.vllm.enable_sleep_mode:
+            log("training.vllm.enable_sleep_mode: vLLM has no sleep mode on CPU; off")
+        colocate.apply(
+            dtype="bfloat16" if config.bf16 else "float32",
+            kv_cache_memory_bytes=s.training.vllm.kv_cache_memory_bytes,
+        )
+
+
+def _rendezvous_port() -> None:
+    """A port of the OS's choosing for the torch.distributed group that a colocated vLLM engine
+    of a single-process run creates. TRL tries 29500, 23456, ... first: two runs starting at
+    once on one machine (the two variants of a demo, other jobs on a node) both find 23456
+    free and one fails with EADDRINUSE. Launchers of several processes set MASTER_PORT."""
+    import socket
+
+    if os.environ.get("MASTER_PORT"):
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+
+
+def cpu_rollouts(config) -> bool:
+    """Whether colocated vLLM rollouts run on the CPU build (``confagg.colocate`` applies)."""
+    if not config.use_vllm or not config.use_cpu:
+        return False
+    from confagg import colocate
+
+    return colocate.cpu_build()
+
+
 def rollout_path(trainer) -> str:
     """Which rollout path the trainer runs (recorded in the manifest)."""
     return "vllm-colocate" if trainer.args.use_vllm else "transformers-generate"
+
+
+def _adjustments(trainer) -> str | None:
+    """What ``confagg.colocate`` changed for this run's rollouts (None: nothing)."""
+    if not cpu_rollouts(trainer.args):
+        return None
+    from confagg import colocate
+
+    return colocate.SUMMARY
 
 
 def _finish(trainer, out: Path, live_log: Path, record: dict) -> None:
@@ -365,7 +504,7 @@ def _finish(trainer, out: Path, live_log: Path, record: dict) -> None:
         log(f"wrote {out / 'adapter'}, {out / 'log.jsonl'} ({len(rows)} rows), manifest.json")
 
 
-def _manifest(args: TrainArgs, s: Settings, trainer, data: Prompts, seed: int) -> dict:
+def _manifest(args: TrainArgs, s: Settings, trainer, data: trainset.Prompts, seed: int) -> dict:
     """The manifest of the completed run (``confagg.manifest``)."""
     return manifest.build(
         run_name=args.run_name,
@@ -376,17 +515,26 @@ def _manifest(args: TrainArgs, s: Settings, trainer, data: Prompts, seed: int) -
         inputs={
             "train": {
                 "path": args.train,
-                "sets": len(data.columns["prompt"]),
-                "truncated": data.num_cut,
+                "sets": data.sets,
+                "truncated": data.truncated,
             },
             "val": args.val,
             "model": args.model,
         },
         seeds={"run": args.seed, "train": seed},
         rollouts=rollout_path(trainer),
+        rollout_adjustments=_adjustments(trainer),
         processes=trainer.accelerator.num_processes,
         attempts=read_log(Path(args.out) / "checkpoints/attempts.jsonl"),
     )
+
+
+def _at_last_step(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` (complete: its trainer_state.json reads) is the run's last step."""
+    import json
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return 0 < state["max_steps"] <= state["global_step"]
 
 
 def train(args: TrainArgs) -> int:
@@ -405,11 +553,21 @@ def train(args: TrainArgs) -> int:
     deadline = job_deadline(args.runtime_min, s.training.stop_margin_min)
     stopper, jsonl = callbacks(ckpt_dir / "log.jsonl", deadline)
     trainer, data = make_trainer(s, args, out, seed, (stopper, jsonl))
+    log(f"plan: {plan(data.sets, s.training, state.num_processes).describe()}")
     log(
         f"device {state.device} x {state.num_processes} process(es), rollouts: "
         f"{rollout_path(trainer)}, max_steps {trainer.args.max_steps}, seed {seed}"
     )
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume is not None and _at_last_step(resume):
+        # the run had ended and its outputs were lost (a kill while writing them): from its last
+        # checkpoint Trainer.train would take one step past max_steps; write the outputs from it
+        from transformers import TrainerState
+
+        log(f"{resume} holds the run's last step: writing the outputs from it")
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     step, max_steps = trainer.state.global_step, trainer.state.max_steps
     done = step >= max_steps
     if state.is_main_process:
@@ -432,6 +590,9 @@ def train(args: TrainArgs) -> int:
 def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
+    argv = sys.argv[1:] if argv is None else argv
+    if "--plan" in argv:
+        return plan_main(argv)
     parser = HfArgumentParser(TrainArgs, description=__doc__.split("\n\n")[0])
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     return train(args)

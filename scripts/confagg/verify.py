@@ -4,13 +4,17 @@ A verdict is math-verify's ``verify(parse(gold), parse(pred))`` with both answer
 ``\\boxed{}`` (``pred`` is an extracted final answer such as ``confagg.answers.extract_boxed``
 gives, not a whole solution), under a hard time bound per check:
 
-- **Bounded time, in any thread.** math-verify's own timeouts use ``signal.alarm`` (main thread
-  only). Here they are off, and every math-verify call runs in a worker *process*
-  (``python -c ... confagg.verify._serve``, not multiprocessing, so no re-import of the caller's
-  ``__main__`` and no daemon restrictions) that is killed and replaced when a check passes its
-  deadline. A worker also has an address-space limit and a CPU-time budget per check, and exits
-  when its parent does. A timed-out check is ``status="timeout"``, a crashed one
-  ``"unparseable"``: both count as incorrect.
+- **Bounded CPU time, in any thread.** math-verify's own timeouts use ``signal.alarm`` (wall
+  time, main thread only). Here they are off, and every math-verify call runs in the main
+  thread of a worker process of a ``pebble.ProcessPool`` (started with spawn: the caller may
+  hold threads or a GPU). A check gets ``timeout`` seconds of *CPU* time (``ITIMER_PROF``
+  raises out of it; ``RLIMIT_CPU`` ends a worker stuck inside one C call), so a busy machine
+  slows a check down without changing its verdict; wall time is only an outer bound
+  (``WALL_FACTOR`` x the budget + ``WALL_SLACK``), past which pebble kills and replaces the
+  worker. Checks that time out are run once more at the end, one at a time. A worker has an
+  address-space limit and ends when its parent does (its task pipe closes, or the CPU limit
+  ends a check in progress). A timed-out check is ``status="timeout"`` (``status_counts``
+  counts them), a crashed one ``"unparseable"``: both count as incorrect.
 - **Fast path**, in-process, for what needs no algebra and gives math-verify's verdict: no
   answer; an integer gold answer against an integer written plainly or in a common variant
   (``025``, ``25.0``, ``\\text{25}``, ``x = 25``, ``25^\\circ``, ``1{,}000``) or a fraction of
@@ -30,27 +34,32 @@ sympy's ``parse_expr`` only what its plain-expression pattern admits (digits, ``
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import json
 import math
+import multiprocessing
 import os
 import re
-import select
-import subprocess
+import signal
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
-from pathlib import Path
 from typing import NamedTuple
+
+from pebble import ProcessExpired, ProcessPool
 
 from confagg.answers import brace_group
 
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "unparseable")
-DEFAULT_TIMEOUT = 5.0  # seconds per check (math-verify's own default per parse/compare)
+DEFAULT_TIMEOUT = 5.0  # CPU seconds per check (math-verify's own default, in wall seconds)
+CPU_GRACE = 1.0  # CPU seconds past the budget before the kernel ends a worker stuck in C code
+# Wall-time bound per check, for what CPU time cannot see (a stopped or swapping worker): 10 x
+# its CPU budget + 30 s, far past what a busy machine adds.
+WALL_FACTOR, WALL_SLACK = 10.0, 30.0
 WORKER_MEMORY_MB = 4096  # address-space limit of a worker process
 STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to import math-verify
 CACHE_SIZE = 1 << 18  # (gold, prediction) verdicts kept in memory
@@ -177,35 +186,21 @@ def fast_verdict(gold: str, pred: str | None) -> Verdict | None:
 
 
 # ----------------------------------------------------------------- the worker process
+# Everything down to the public API runs inside a pool worker (the main thread of a process of
+# its own), where signals work: the CPU budget below needs them, as math-verify's alarm would.
+
+
+class _OutOfTime(BaseException):
+    """A check spent its CPU budget. A BaseException, so that neither math-verify's handlers
+    (``except Exception``, its own ``TimeoutException``) nor :func:`check` swallow it."""
+
+
+_armed = False  # whether SIGPROF ends the running check
+_parsed_golds: dict = {}  # gold answer -> math-verify's parse of it, per worker
 
 
 def _boxed(answer: str) -> str:
     return "\\boxed{" + answer + "}"
-
-
-def _limit_memory(megabytes: int) -> None:
-    with contextlib.suppress(ImportError, ValueError, OSError):
-        import resource
-
-        limit = megabytes * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _die_with_parent(parent: int, kernel_signal: bool) -> None:
-    """Exit when the parent goes, even while a check is stuck in a long computation."""
-    if kernel_signal:  # Linux: the kernel kills us when the thread that started us ends
-        with contextlib.suppress(Exception):
-            import ctypes
-            import signal
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    def watch() -> None:  # elsewhere, and as a backstop: poll for a new parent
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def check(gold: str, pred: str, parsed_golds: dict | None = None) -> Verdict:
@@ -236,231 +231,158 @@ def check(gold: str, pred: str, parsed_golds: dict | None = None) -> Verdict:
 _WARM_UP = [("1", "\\frac{1}{2}"), ("x=1", "[1,2)"), ("\\{1,2\\}", "\\sqrt{2}\\pi"), ("2", "2\\%")]
 
 
-def _cpu_budget(seconds: float) -> None:
-    """Let the kernel end this process once it spends ``seconds`` more CPU time (SIGXCPU):
-    a check the parent gave up on cannot outlive it, even orphaned in a long C call."""
+def _on_sigprof(signum: int, frame: object) -> None:
+    if _armed:
+        raise _OutOfTime
+
+
+def _cpu_limit(seconds: float | None) -> None:
+    """RLIMIT_CPU: the kernel ends this process (SIGXCPU) once it has spent ``seconds`` more CPU
+    time (None: no limit). The backstop for a check stuck inside one long C call, where no
+    Python signal handler runs; it also ends a busy worker whose parent has gone."""
     with contextlib.suppress(ImportError, ValueError, OSError):
         import resource
 
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        used = usage.ru_utime + usage.ru_stime
         hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-        soft = math.ceil(used + seconds)
-        if hard == resource.RLIM_INFINITY or soft <= hard:
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        soft = hard
+        if seconds is not None:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
+            if hard != resource.RLIM_INFINITY:
+                soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def _serve(parent: int, memory_mb: int, main_thread: bool) -> None:
-    """Worker loop: read ``[id, gold, pred, timeout]`` JSON lines, answer
-    ``[id, correct, status]``."""
+def _start_worker(memory_mb: int) -> None:
+    """Pool initializer: memory limit, no core files, the CPU-budget signal, a warm-up."""
     import logging
-    import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    _die_with_parent(parent, kernel_signal=main_thread)
-    _limit_memory(memory_mb)
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        limit = memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     logging.disable(logging.WARNING)  # "timeout disabled" notices: we bound time ourselves
+    signal.signal(signal.SIGPROF, _on_sigprof)
     for gold, pred in _WARM_UP:  # first use builds parsers and caches: not a check's time
         check(gold, pred)
 
-    out = os.fdopen(os.dup(1), "wb")  # the protocol's channel; stray prints go to stderr
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    out.write(b'["ready"]\n')
-    out.flush()
-    parsed_golds: dict = {}
-    for line in sys.stdin.buffer:
-        task, gold, pred, timeout = json.loads(line)
-        _cpu_budget(2 * timeout + 10)  # the parent kills us at `timeout`; this is a backstop
-        verdict = check(gold, pred, parsed_golds)
-        out.write(json.dumps([task, verdict.correct, verdict.status]).encode() + b"\n")
-        out.flush()
 
-
-def _readable(fds: list[int], timeout: float) -> set[int]:
-    """The descriptors with input (or EOF) within ``timeout`` seconds (poll: fds may be
-    above select's 1024)."""
-    poll = select.poll()
-    for fd in fds:
-        poll.register(fd, select.POLLIN)
-    return {fd for fd, _ in poll.poll(max(0.0, timeout) * 1000)}
-
-
-class _Worker:
-    """One worker process and its line-buffered pipes."""
-
-    def __init__(self, memory_mb: int) -> None:
-        root = str(Path(__file__).resolve().parents[1])
-        # the kernel's parent-death signal follows the starting *thread*: only the main
-        # thread lives as long as the process
-        main_thread = threading.current_thread() is threading.main_thread()
-        code = (
-            f"import sys; sys.path.insert(0, {root!r}); from confagg.verify import _serve; "
-            f"_serve({os.getpid()}, {memory_mb}, {main_thread})"
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self.fd = self.proc.stdout.fileno()
-        self.buf = b""
-        self.ready = False
-        self.started = time.monotonic()
-        self.task: tuple[int, float] | None = None  # (task index, deadline)
-
-    def send(self, index: int, gold: str, pred: str, timeout: float) -> None:
-        self.proc.stdin.write(json.dumps([index, gold, pred, timeout]).encode() + b"\n")
-        self.proc.stdin.flush()
-        self.task = (index, time.monotonic() + timeout)
-
-    def read(self) -> list | None:
-        """The complete messages now readable; None when the worker has exited."""
-        chunk = os.read(self.fd, 1 << 16)
-        if not chunk:
-            return None
-        self.buf += chunk
-        *lines, self.buf = self.buf.split(b"\n")
-        return [json.loads(line) for line in lines]
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                pipe.close()
-
-    def close(self) -> None:
-        """Ask an idle worker to stop (EOF on its input); kill it if it does not."""
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
+def _bounded_check(gold: str, pred: str, seconds: float) -> Verdict:
+    """One check, ended after ``seconds`` of this process's CPU time. ITIMER_PROF counts CPU
+    time, not wall time: a busy machine makes a check slower but does not change its verdict."""
+    global _armed  # noqa: PLW0603  (read by the signal handler)
+    try:
+        _cpu_limit(seconds + CPU_GRACE)
+        _armed = True
+        signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)  # re-fires if something swallows it
         try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        with contextlib.suppress(OSError):
-            self.proc.stdout.close()
+            return check(gold, pred, _parsed_golds)
+        finally:
+            _armed = False
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            _cpu_limit(None)
+    except _OutOfTime:
+        return TIMEOUT
 
 
-class VerifierPool:
-    """Worker processes that run math-verify checks, each under a per-check deadline."""
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
 
-    def __init__(self, memory_mb: int = WORKER_MEMORY_MB) -> None:
-        self.memory_mb = memory_mb
-        self.workers: list[_Worker] = []
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
 
-    def start(self, processes: int = 1) -> None:
-        """Start ``processes`` workers now and wait until they are ready (else on first use)."""
-        with self.lock:
-            while len(self.workers) < processes:
-                self.workers.append(_Worker(self.memory_mb))
-            for w in self.workers:
-                while not w.ready:
-                    left = w.started + STARTUP_TIMEOUT - time.monotonic()
-                    messages = w.read() if _readable([w.fd], left) else None
-                    if messages is None:
-                        raise RuntimeError("a math-verify worker did not start")
-                    w.ready = ["ready"] in messages
+# ----------------------------------------------------------------------- the worker pool
 
-    def _replace(self, i: int) -> None:
-        self.workers[i].kill()
-        self.workers[i] = _Worker(self.memory_mb)
+_pool: ProcessPool | None = None
+_pool_size = 0
+_pool_pid = 0
+_pool_lock = threading.Lock()
 
-    def run(
-        self, tasks: Sequence[tuple[str, str]], processes: int = 1, timeout: float = 5.0
-    ) -> list[Verdict]:
-        """Verdicts for (gold, pred) pairs, ``processes`` at a time, ``timeout`` s each."""
-        with self.lock:
-            return self._run(tasks, max(1, processes), timeout)
 
-    def _run(self, tasks, processes, timeout) -> list[Verdict]:
-        results: list[Verdict | None] = [None] * len(tasks)
-        if not tasks:
-            return []
-        while len(self.workers) < min(processes, len(tasks)):
-            self.workers.append(_Worker(self.memory_mb))
-        workers = range(min(processes, len(tasks)))
-        todo = list(range(len(tasks)))[::-1]  # popped from the end: in order
-        done = 0
-        while done < len(tasks):
-            now = time.monotonic()
-            for i in workers:
-                w = self.workers[i]
-                if w.ready and w.task is None and todo:
-                    if w.proc.poll() is not None:  # it died while idle: start another
-                        self._replace(i)
-                        continue
-                    index = todo.pop()
-                    gold, pred = tasks[index]
-                    try:
-                        w.send(index, normalise(gold), normalise(pred), timeout)
-                    except OSError:  # it died while idle: start over, the task goes back
-                        todo.append(index)
-                        self._replace(i)
-            waiting = [self.workers[i] for i in workers if self.workers[i].proc.poll() is None]
-            deadlines = [w.task[1] for w in waiting if w.task]
-            deadlines += [w.started + STARTUP_TIMEOUT for w in waiting if not w.ready]
-            wait = max(0.0, min(deadlines, default=now + 1.0) - now)
-            readable = _readable([self.workers[i].fd for i in workers], wait)
-            now = time.monotonic()
-            for i in workers:
-                w = self.workers[i]
-                if w.fd in readable:
-                    messages = w.read()
-                    if messages is None:  # the worker died (memory limit, a crash)
-                        if w.task is not None:
-                            results[w.task[0]] = UNPARSEABLE
-                            done += 1
-                        elif not w.ready:
-                            raise RuntimeError(
-                                "a math-verify worker exited while starting (is math-verify "
-                                "installed for this Python?)"
-                            )
-                        self._replace(i)
-                        continue
-                    for msg in messages:
-                        if msg == ["ready"]:
-                            w.ready = True
-                        elif w.task is not None and msg[0] == w.task[0]:
-                            results[msg[0]] = Verdict(bool(msg[1]), msg[2])
-                            w.task = None
-                            done += 1
-                if w.task is not None and now >= w.task[1]:
-                    results[w.task[0]] = TIMEOUT
-                    done += 1
-                    self._replace(i)
-                elif not w.ready and now >= w.started + STARTUP_TIMEOUT:
-                    raise RuntimeError(
-                        f"a math-verify worker did not start within {STARTUP_TIMEOUT:.0f} s"
-                    )
-        return results  # type: ignore[return-value]
+def _retire(pool: ProcessPool) -> None:
+    """Let ``pool`` finish what it was given, then stop its workers (in the background)."""
+    pool.close()
+    threading.Thread(target=pool.join, daemon=True).start()
 
-    def close(self) -> None:
-        if os.getpid() != self.pid:  # a forked child does not own its parent's workers
-            return
-        for w in self.workers:
-            w.close()
-        self.workers.clear()
+
+def _get_pool(processes: int = 1) -> ProcessPool:
+    """This process's pool, with at least ``processes`` workers (it keeps the largest number
+    asked for; each call still runs at most its own ``processes`` checks at once)."""
+    global _pool, _pool_size, _pool_pid  # noqa: PLW0603  (one pool per process)
+    with _pool_lock:
+        if _pool is not None and _pool_pid != os.getpid():
+            _pool = None  # inherited through fork: its workers belong to the parent
+        if _pool is not None and (not _pool.active or _pool_size < processes):
+            _retire(_pool)  # broken (a worker died while the pool was idle), or too small
+            _pool = None
+        if _pool is None:
+            _pool_size, _pool_pid = max(processes, _pool_size, 1), os.getpid()
+            _pool = ProcessPool(
+                _pool_size,
+                initializer=_start_worker,
+                initargs=(WORKER_MEMORY_MB,),
+                # spawn, not fork: the caller may hold threads, a CUDA context, a vLLM engine
+                context=multiprocessing.get_context("spawn"),
+            )
+        return _pool
+
+
+def _outcome(future: Future) -> Verdict | None:
+    """A finished check's verdict; None when the pool broke before it ran (run it again)."""
+    try:
+        return future.result()
+    except TimeoutError:  # past the wall-time bound: pebble killed and replaced the worker
+        return TIMEOUT
+    except ProcessExpired as died:  # SIGXCPU: out of CPU time inside a C call; else a crash
+        return TIMEOUT if died.exitcode == -signal.SIGXCPU else UNPARSEABLE
+    except BrokenProcessPool:
+        return None
+
+
+def _run(pairs: Sequence[tuple[str, str]], processes: int, timeout: float) -> list[Verdict]:
+    """Verdicts for (gold, pred) pairs, at most ``processes`` checks at once, each with a CPU
+    budget of ``timeout`` s and a wall-time bound of ``WALL_FACTOR`` times that (plus slack)."""
+    verdicts: list[Verdict | None] = [None] * len(pairs)
+    todo = list(range(len(pairs)))[::-1]  # popped from the end: in order
+    running: dict[Future, int] = {}
+    broken = 0
+    wall = WALL_FACTOR * timeout + WALL_SLACK
+    while todo or running:
+        pool = _get_pool(min(processes, len(pairs)))
+        while todo and len(running) < processes:
+            try:
+                future = pool.schedule(_bounded_check, (*pairs[todo[-1]], timeout), timeout=wall)
+            except RuntimeError:  # the pool broke just now: the next round takes a new one
+                break
+            running[future] = todo.pop()
+        done, _ = wait(running, timeout=wall + STARTUP_TIMEOUT, return_when=FIRST_COMPLETED)
+        if running and not done and not any(f.running() for f in running):
+            raise RuntimeError(
+                f"no math-verify worker took a check in {wall + STARTUP_TIMEOUT:.0f} s"
+            )
+        for future in done:
+            index = running.pop(future)
+            verdicts[index] = _outcome(future)
+            if verdicts[index] is None:
+                todo.append(index)
+                broken += 1
+            else:
+                broken = 0
+        if broken > 3 * processes:
+            raise RuntimeError(
+                "math-verify worker processes keep exiting before they check anything (see "
+                f"their error above: is math-verify installed for {sys.executable}? does the "
+                "calling script guard its top level with `if __name__ == '__main__':`, which "
+                "spawned processes need?)"
+            )
+    return verdicts  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------ public API
 
-_pool: VerifierPool | None = None
-_pool_lock = threading.Lock()
 _cache: OrderedDict[tuple[str, str], tuple[Verdict, float]] = OrderedDict()
 _cache_lock = threading.Lock()
-
-
-def _get_pool() -> VerifierPool:
-    global _pool  # noqa: PLW0603  (one pool per process, made on first use)
-    with _pool_lock:
-        if _pool is None or _pool.pid != os.getpid():  # new, or inherited through fork
-            _pool = VerifierPool()
-            atexit.register(_pool.close)
-        return _pool
 
 
 def _cached(key: tuple[str, str], timeout: float) -> Verdict | None:
@@ -484,14 +406,38 @@ def _remember(key: tuple[str, str], verdict: Verdict, timeout: float) -> None:
 
 
 def warm_up(processes: int = 1) -> None:
-    """Start the math-verify workers now (about a second each), not at the first slow check."""
-    _get_pool().start(processes)
+    """Start ``processes`` math-verify workers now (about a second each) and wait for them."""
+    pool, seen = _get_pool(processes), set()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while len(seen) < processes and time.monotonic() < deadline:
+        # each worker sleeps a little, so that a ready one cannot take every task
+        futures = [pool.schedule(_pid_after, (0.05,)) for _ in range(processes)]
+        seen.update(f.result() for f in futures)
+
+
+def shutdown() -> None:
+    """Stop this process's workers (benchmarks measure from a cold start; they stop at exit
+    anyway)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        pool, _pool, _pool_size = _pool, None, 0
+    if pool is not None and _pool_pid == os.getpid():
+        pool.close()
+        pool.join()
 
 
 def clear_cache() -> None:
     """Forget every cached verdict (tests and benchmarks measure from cold)."""
     with _cache_lock:
         _cache.clear()
+
+
+def status_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
+    """How many verdicts have each status, every status named (``timeout``: 0 included)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for verdict in verdicts:
+        counts[verdict.status] += 1
+    return counts
 
 
 def verify_many(
@@ -501,7 +447,10 @@ def verify_many(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[Verdict]:
     """Verdicts for many (gold, prediction) pairs: each distinct pair is checked once (fast
-    path, cache, then ``processes`` math-verify workers, ``timeout`` seconds per check)."""
+    path, cache, then ``processes`` math-verify workers, ``timeout`` CPU seconds per check).
+
+    With ``processes`` > 1, the checks that time out are run once more at the end, one at a
+    time, so that a verdict does not depend on how many checks ran beside it."""
     if len(golds) != len(preds):
         raise ValueError(f"{len(golds)} gold answers but {len(preds)} predictions")
     keys = [
@@ -519,9 +468,12 @@ def verify_many(
         else:
             verdicts[key] = verdict
     if slow:
-        for key, verdict in zip(slow, _get_pool().run(slow, processes, timeout), strict=True):
-            verdicts[key] = verdict
-            _remember(key, verdict, timeout)
+        verdicts.update(zip(slow, _run(slow, max(1, processes), timeout), strict=True))
+        again = [key for key in slow if verdicts[key] == TIMEOUT]
+        if again and processes > 1:
+            verdicts.update(zip(again, _run(again, 1, timeout), strict=True))
+        for key in slow:
+            _remember(key, verdicts[key], timeout)
     return [verdicts[key] for key in keys]
 
 

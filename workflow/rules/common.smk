@@ -32,6 +32,8 @@ except cfg.ConfigError as e:
 config["aggregator"]["model"] = config["aggregator"]["model"] or config["generator"]["model"]
 try:
     cfg.check_model(config["aggregator"]["model"], "aggregator.model")
+    # keys that are each valid but cannot work together: stop here, before any job
+    cfg.check_consistency(config)
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -91,13 +93,20 @@ def shard_files(step, dataset):
     ]
 
 
+def scores_rows(paths):
+    """About how many samples some scores tables hold, from their size on disk: four float64
+    metrics a row do not compress (20-35 bytes a row), whatever the length of the texts."""
+    return sum(os.path.getsize(p) for p in paths) // 20
+
+
 def sample_settings(wildcards):
-    """Everything the sample stage needs from config, as one JSON argument."""
+    """Everything the sample stage needs from config, as one JSON argument
+    (confagg.sample.SampleSettings)."""
     sampling = dict(config["sampling"], n=samples_per_problem(wildcards.dataset))
     return json.dumps(
         {
-            "sampling": {k: v for k, v in sampling.items() if k != "problems_per_chunk"},
-            "problems_per_chunk": sampling["problems_per_chunk"],
+            "sampling": {k: v for k, v in sampling.items() if k != "problems_in_flight"},
+            "problems_in_flight": sampling["problems_in_flight"],
             "engine": config["generator"]["engine"],
             "prompt": config["prompt"],
             "chat_template_kwargs": config["generator"]["chat_template_kwargs"],
@@ -117,6 +126,15 @@ def accelerate_args(wildcards, threads, resources):
         )
     multi = " --multi_gpu" if gpus > 1 else ""
     return f"--config_file config/accelerate/gpu.yaml --num_processes {gpus}{multi}"
+
+
+def think_end_required(role):
+    """Whether a text of ``role`` ("generator" or "aggregator") without ``</think>`` has no
+    answer: curation.require_think_end, or when null the role's chat-template thinking mode."""
+    value = config["curation"]["require_think_end"]
+    if value is None:
+        return bool(config[role]["chat_template_kwargs"].get("enable_thinking", False))
+    return bool(value)
 
 
 # --- evaluation ---
@@ -146,17 +164,31 @@ def aggregate_settings(wildcards):
             "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
             "lora_rank": config["training"]["lora"]["r"],
             "trained_model": ev["trained_model"],
+            "require_think_end": think_end_required("aggregator"),
             "seed": derive_seed(config["seed"], "aggregate", wildcards.benchmark, wildcards.seed),
         },
         sort_keys=True,
     )
 
 
-def trained_aggregator():
-    """What the trained variants run on: the adapter (per-request LoRA), the merged model, or
-    nothing when no variant uses training (then training is not needed for evaluation)."""
-    if not any(v["adapter"] for v in config["evaluation"]["aggregators"]):
-        return []
-    if config["evaluation"]["trained_model"] == "merged":
-        return f"{OUT}/train/merged"
-    return f"{OUT}/train/adapter"
+def trained_aggregators():
+    """``{training variant: what it runs on}`` for the training runs that evaluated variants
+    use: the adapter (per-request LoRA) or the merged model. Variants that only prompt the base
+    model need no training run."""
+    kind = "merged" if config["evaluation"]["trained_model"] == "merged" else "adapter"
+    used = dict.fromkeys(v["trained"] for v in config["evaluation"]["aggregators"])
+    return {v: f"{OUT}/train/{v}/{kind}" for v in used if v is not None}
+
+
+def _check_aggregators():
+    """Every evaluated variant names a training run that exists."""
+    runs = config["training"]["variants"]
+    for v in config["evaluation"]["aggregators"]:
+        if v["trained"] is not None and v["trained"] not in runs:
+            raise WorkflowError(
+                f"evaluation.aggregators: {v['name']!r} uses training variant {v['trained']!r}, "
+                f"not one of training.variants ({', '.join(runs)})"
+            )
+
+
+_check_aggregators()

@@ -12,12 +12,15 @@ rule aggregate_sets:
         scores=eval_shards("scores"),
         grades=eval_shards("grades"),
         model=model_dir(config["aggregator"]["model"]),
-        trained=trained_aggregator(),
+        trained=list(trained_aggregators().values()),
     output:
         f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
     params:
         settings=aggregate_settings,
-        trained=lambda wc, input: f"--trained {input.trained}" if input.trained else "",
+        # --trained <variant>=<adapter or merged model> ...
+        trained=lambda wc: " ".join(
+            f"--trained {v}={path}" for v, path in trained_aggregators().items()
+        ),
     conda:
         "../../envs/vllm.yaml"
     log:
@@ -47,12 +50,23 @@ rule evaluate_seed:
         metrics=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/metrics.json",
         candidates=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/candidates.parquet",
     params:
-        settings=json.dumps({"ks": config["evaluation"]["ks"]}),
+        settings=json.dumps(
+            {
+                "ks": config["evaluation"]["ks"],
+                "window": config["confidence"]["window"],
+                "online": config["evaluation"]["deepconf_online"],
+            },
+            sort_keys=True,
+        ),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     conda:
         "../../envs/cpu.yaml"
     log:
         f"{LOGS}/evaluate_seed/{{benchmark}}/seed{{seed}}.log",
+    resources:
+        # a row of metadata per sample (3 KB with copies); confidences read batch by batch
+        mem_mb=lambda wc, input: 2000 + scores_rows(input.scores) * 3 // 1024,
+        runtime=lambda wc, input: 10 + int(input.size_mb / 200),
     localrule: True
     shell:
         "python -m confagg.evaluate --samples {input.samples} --scores {input.scores}"
@@ -63,10 +77,12 @@ rule evaluate_seed:
 rule report_benchmark:
     """report.html, metrics.json and summary.md of one benchmark, seeds as mean ± std."""
     input:
-        lambda wc: expand(
+        metrics=lambda wc: expand(
             f"{OUT}/eval/{wc.benchmark}/seed{{seed}}/metrics.json",
             seed=config["evaluation"]["seeds"],
         ),
+        # the contamination that curation found (pool problems copying this benchmark's)
+        curation=f"{OUT}/curated/summary.json",
     output:
         html=report(
             f"{OUT}/reports/{{benchmark}}/report.html",
@@ -77,16 +93,21 @@ rule report_benchmark:
         metrics=f"{OUT}/reports/{{benchmark}}/metrics.json",
         summary=f"{OUT}/reports/{{benchmark}}/summary.md",
     params:
-        seed_dirs=lambda wc, input: [os.path.dirname(f) for f in input],
+        seed_dirs=lambda wc, input: [os.path.dirname(f) for f in input.metrics],
         out_dir=lambda wc, output: os.path.dirname(output.html),
     conda:
         "../../envs/cpu.yaml"
     log:
         f"{LOGS}/report_benchmark/{{benchmark}}.log",
+    resources:
+        # the seeds' candidates tables (a few columns a sample, read whole) and the plots
+        mem_mb=lambda wc, input: 2000 + 20 * int(input.size_mb),
+        runtime=lambda wc, input: 10 + int(input.size_mb),
     localrule: True
     shell:
         "python -m confagg.report benchmark --name {wildcards.benchmark}"
-        " --out-dir {params.out_dir} {params.seed_dirs} > {log} 2>&1"
+        " --curation {input.curation} --out-dir {params.out_dir} {params.seed_dirs}"
+        " > {log} 2>&1"
 
 
 rule report_summary:
@@ -99,6 +120,9 @@ rule report_summary:
         "../../envs/cpu.yaml"
     log:
         f"{LOGS}/report_summary.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
     localrule: True
     shell:
         "python -m confagg.report summary {input} --out {output} > {log} 2>&1"

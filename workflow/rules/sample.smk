@@ -6,6 +6,9 @@ rule sample_shard:
     input:
         problems=f"{OUT}/data/{{dataset}}.jsonl",
         model=model_dir(config["generator"]["model"]),
+        # prompt lengths checked first (a checkpoint: a recheck that finds nothing new, after
+        # an aggregator setting changed, does not resample)
+        checked=f"{OUT}/data/{{dataset}}.check.json",
     output:
         f"{OUT}/samples/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
     params:
@@ -20,13 +23,27 @@ rule sample_shard:
     threads: 8
     resources:
         gpu=1,
-        mem_mb=64000,
+        # Follows the in-flight bound (confagg.sample): the token ids and confidences of
+        # problems_in_flight problems at max_tokens (6 bytes a token; 8 with slack), over a base
+        # for vLLM, torch and CUDA, plus the KV cache when it lives in host memory (CPU).
+        mem_mb=lambda wc: (
+            16000
+            + config["generator"]["engine"].get("kv_cache_memory_bytes", 0) // 2**20
+            + config["sampling"]["problems_in_flight"]
+            * samples_per_problem(wc.dataset)
+            * config["sampling"]["max_tokens"]
+            * 8
+            // 2**20
+        ),
         runtime="12h",
     shell:
-        "HF_HUB_OFFLINE=1 python -m confagg.sample --problems {input.problems}"
+        # every string :q-quoted (a prompt may hold quotes, $, backticks, newlines); the log
+        # starts with the very word the stage receives as its settings
+        "settings={params.settings:q}; printf 'settings: %s\\n' \"$settings\" > {log:q};"
+        " HF_HUB_OFFLINE=1 python -m confagg.sample --problems {input.problems:q}"
         " --dataset {wildcards.dataset} --shard {wildcards.shard} --shards {params.shards}"
-        " --seed {wildcards.seed} --model {input.model} --settings '{params.settings}'"
-        " {output} > {log} 2>&1"
+        " --seed {wildcards.seed} --model {input.model:q} --settings \"$settings\""
+        " {output:q} >> {log:q} 2>&1"
 
 
 rule score_shard:
@@ -44,8 +61,10 @@ rule score_shard:
         f"{LOGS}/score_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime="30m",
+        # batch by batch: about 0.5 GB whatever the shard (benchmarks/bench_scale.py); time
+        # follows its size (~20 MB/s measured on 2 slow cores: 10x slack)
+        mem_mb=2000,
+        runtime=lambda wc, input: 10 + int(input.size_mb / 200),
     shell:
         "python -m confagg.score --window {params.window} --tail-tokens {params.tail_tokens}"
-        " {input} {output} > {log} 2>&1"
+        " {input:q} {output:q} > {log:q} 2>&1"

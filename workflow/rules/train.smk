@@ -1,32 +1,47 @@
 # GRPO training of the confidence-aware aggregator (TRL + PEFT LoRA), one accelerate job.
-# Resumable: checkpoints live in {OUT}/train/checkpoints/, which is no output (Snakemake keeps
-# it when the job fails); the job saves and stops before its `runtime`, a rerun resumes.
+# One run per training variant (training.variants: with or without confidences in the prompt).
+# Resumable: checkpoints live in {OUT}/train/<variant>/checkpoints/, which is no output
+# (Snakemake keeps it when the job fails); the job saves and stops before its `runtime`, a
+# rerun resumes.
+
+
+wildcard_constraints:
+    variant="|".join(config["training"]["variants"]),
+
+
+def train_settings(wildcards):
+    """The stage's settings JSON for one training variant: the aggregator's prompt shows the
+    candidates' confidences or not (training.variants); everything else is shared."""
+    aggregator = copy.deepcopy(config["aggregator"])
+    confidence = config["training"]["variants"][wildcards.variant]["confidence"]
+    aggregator["prompt"]["confidence"]["enabled"] = confidence
+    training = {k: v for k, v in config["training"].items() if k != "variants"}
+    return json.dumps({"aggregator": aggregator, "training": training}, sort_keys=True)
 
 
 rule train_aggregator:
-    """LoRA adapter of the aggregator trained with GRPO on the curated training sets."""
+    """LoRA adapter of one aggregator variant trained with GRPO on the curated training sets
+    (the same sets, budget and seed for every variant)."""
     input:
         train=f"{OUT}/curated/train.parquet",
         val=f"{OUT}/curated/val.parquet",
         model=model_dir(config["aggregator"]["model"]),
     output:
-        adapter=directory(f"{OUT}/train/adapter"),
-        log=f"{OUT}/train/log.jsonl",
-        manifest=f"{OUT}/train/manifest.json",
+        adapter=directory(f"{OUT}/train/{{variant}}/adapter"),
+        log=f"{OUT}/train/{{variant}}/log.jsonl",
+        manifest=f"{OUT}/train/{{variant}}/manifest.json",
     params:
         out=lambda wc, output: os.path.dirname(output.log),
         launch=accelerate_args,
-        settings=lambda wc: json.dumps(
-            {"aggregator": config["aggregator"], "training": config["training"]}, sort_keys=True
-        ),
+        settings=train_settings,
         seed=config["seed"],
-        run_name=config["run_name"],
+        run_name=lambda wc: f"{config['run_name']}-{wc.variant}",
     conda:
         "../../envs/train.yaml"
     log:
-        f"{LOGS}/train_aggregator/train_aggregator.log",
+        f"{LOGS}/train_aggregator/{{variant}}.log",
     benchmark:
-        f"{LOGS}/train_aggregator/train_aggregator.benchmark.tsv"
+        f"{LOGS}/train_aggregator/{{variant}}.benchmark.tsv"
     threads: 8
     resources:
         gpu=config["training"]["gpus"],
@@ -44,14 +59,14 @@ rule merge_adapter:
     """The trained adapter merged into a copy of the aggregator's base model (a plain model
     folder: evaluation.trained_model "merged" serves it without LoRA; users can ship it)."""
     input:
-        adapter=f"{OUT}/train/adapter",
+        adapter=f"{OUT}/train/{{variant}}/adapter",
         model=model_dir(config["aggregator"]["model"]),
     output:
-        directory(f"{OUT}/train/merged"),
+        directory(f"{OUT}/train/{{variant}}/merged"),
     conda:
         "../../envs/train.yaml"
     log:
-        f"{LOGS}/merge_adapter/merge_adapter.log",
+        f"{LOGS}/merge_adapter/{{variant}}.log",
     threads: 4
     resources:
         mem_mb=32000,
