@@ -289,7 +289,9 @@ def bench_model(name: str, model: Path, sizes: dict, out_dir: Path, parts: str) 
         confs = table.column("token_confidence").to_pylist()
         same_text = sum(a == c.text for a, c in zip(texts, comps, strict=True))
         same_conf = sum(
-            np.array_equal(np.asarray(a, np.float16), token_confidence(c.logprobs.logprobs))
+            np.array_equal(
+                np.asarray(a, np.float16), token_confidence(c.logprobs.logprobs).astype(np.float16)
+            )
             for a, c in zip(confs, comps, strict=True)
         )
         print(

@@ -6,6 +6,7 @@ colocated vLLM engine exactly, and two training processes."""
 from __future__ import annotations
 
 import dataclasses
+import copy
 import json
 import os
 import re
@@ -94,7 +95,7 @@ def validated(**sections) -> dict:
         "generator": {"model": "smollm2-135m-instruct"},
         "training_pool": {"source": {"demo": {"n": 2, "seed": 1}}},
         "benchmarks": {"mini": {"source": {"demo": {"n": 2, "seed": 2}}}},
-        **sections,
+        **copy.deepcopy(sections),  # validation fills defaults in place: keep callers' dicts
     }
     cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
     config["training"].pop("variants", None)  # the rule passes one variant's settings
@@ -642,6 +643,8 @@ def test_two_training_processes_on_cpu(tmp_path, format_model):
         "vllm-colocate",
         2,
     )
+    marked = json.loads((out / "checkpoints/run.json").read_text())
+    assert marked["fingerprint"]["num_processes"] == 2  # known from the start, not only by TRL
     rows = [r for r in read_log(out / "log.jsonl") if r["split"] == "train"]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["logp_gap"] < SYNC_TOLERANCE for r in rows)

@@ -186,7 +186,10 @@ def _aggregator_rows(b: _Benchmark, aggregator: pd.DataFrame) -> dict[str, dict]
         raise ValueError(f"aggregator table lacks columns {missing}")
     pid_index = {pid: p for p, pid in enumerate(b.problems)}
     out: dict[str, dict] = {}
-    for (name, k_value), rows in aggregator.groupby(["method", "k"], sort=True):
+    # variants in the order they were run (the config's), not alphabetical
+    order = {name: i for i, name in enumerate(dict.fromkeys(aggregator["method"]))}
+    groups = aggregator.groupby(["method", "k"], sort=True)
+    for (name, k_value), rows in sorted(groups, key=lambda g: (order[g[0][0]], g[0][1])):
         k = int(k_value)
         unknown = set(rows["problem_id"]) - set(pid_index)
         absent = set(pid_index) - set(rows["problem_id"])
@@ -336,6 +339,7 @@ def evaluate_benchmark(
          "answered": float,               # fraction of samples with an answer
          "mean_tokens_per_sample": float,
          "inconsistent_keys": int,        # (problem, answer group) with mixed verdicts
+         "method_order": [name, ...],     # the methods in report order
          "methods": {name: {"family": "pass"|"majority"|"weighted"|"filter"|"best"|"online"
                                       |"aggregator",
                             "metric": str|None, "eta": float|None, "label": str,
@@ -420,6 +424,7 @@ def evaluate_benchmark(
         "answered": float(answered.mean()),
         "mean_tokens_per_sample": float(b.tokens.mean()),
         "inconsistent_keys": inconsistent,
+        "method_order": list(methods),  # report order (metrics.json sorts the keys)
         "methods": methods,
         "auroc": auroc,
     }

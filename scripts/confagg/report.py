@@ -51,10 +51,17 @@ def flatten(result: dict) -> pd.DataFrame:
             "same_as": None,
             **cell,
         }
-        for name, info in result["methods"].items()
+        for name, info in _in_order(result)
         for k, cell in info["by_k"].items()
     ]
     return pd.DataFrame(rows)
+
+
+def _in_order(result: dict) -> list[tuple[str, dict]]:
+    """The result's methods in its ``method_order`` (then any others)."""
+    methods = result["methods"]
+    names = [n for n in result.get("method_order", []) if n in methods]
+    return [(n, methods[n]) for n in dict.fromkeys([*names, *methods])]
 
 
 def _common(values: pd.Series):
@@ -180,13 +187,16 @@ def _family_plot(summary: pd.DataFrame, x: str, xlabel: str, benchmark: str, tit
                 label="maj@k",
             )
         aggregators = 0
+        n_aggregators = summary.loc[panel == key, "method"].nunique() if key == "aggregator" else 0
         for _, group in summary[panel == key].groupby("method", sort=False):
             g = group.sort_values(x)
             family, metric = g["family"].iloc[0], g["metric"].iloc[0]
             style = {"marker": "o", "markersize": 4}
             if family == "aggregator":
                 marker = _AGGREGATOR_MARKERS[aggregators % len(_AGGREGATOR_MARKERS)]
-                style = {"marker": marker, "markersize": 11, "linestyle": "none"}
+                style = {"marker": marker, "markersize": 10, "linestyle": "none"}
+                if x == "k":  # side by side around k = m (log axis: a factor, not a shift)
+                    g = g.assign(k=g["k"] * 2 ** (0.08 * (aggregators - (n_aggregators - 1) / 2)))
                 aggregators += 1
             elif family == "pass":
                 style.update(color="black", linestyle="--")

@@ -539,9 +539,13 @@ def _at_last_step(checkpoint: Path) -> bool:
 
 def train(args: TrainArgs) -> int:
     """Train (or resume) and write the outputs; returns the process exit code."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # The first PartialState decides for the whole process. Without cpu=True, the processes
+    # of a CPU run under torchrun would each see a world of one (the trainer's own state comes
+    # later), and all of them would tidy the checkpoints as "the" main process.
+    state = PartialState(cpu=not torch.cuda.is_available())
     s = settings.load(Settings, args.settings)
     out = Path(args.out)
     ckpt_dir = out / "checkpoints"
