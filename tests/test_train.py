@@ -5,8 +5,8 @@ colocated vLLM engine exactly, and two training processes."""
 
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -31,7 +31,7 @@ from confagg.resume import (
 )
 from confagg.settings import SettingsError, from_mapping, to_dict
 from confagg.tables import SETS, write_table
-from confagg.train import Settings, Training, correct, grpo_config, plan
+from confagg.train import Settings, Training, grpo_config, plan, reward
 from conftest import BIN, REPO, snakemake
 
 PROMPT = {"max_prompt_tokens": 512, "confidence": {"metric": "tail"}}
@@ -88,8 +88,8 @@ def _sets(n: int) -> pa.Table:
 
 
 def validated(**sections) -> dict:
-    """The ``aggregator`` and ``training`` sections of a config validated as the Snakefile
-    does it (schema defaults filled in)."""
+    """The train stage's settings as the rule passes them: the ``aggregator`` and ``training``
+    sections of a config validated as the Snakefile does it (schema defaults filled in)."""
     config = {
         "run_name": "t",
         "generator": {"model": "smollm2-135m-instruct"},
@@ -99,7 +99,7 @@ def validated(**sections) -> dict:
     }
     cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
     config["training"].pop("variants", None)  # the rule passes one variant's settings
-    return {k: config[k] for k in ("aggregator", "training")}
+    return {k: config[k] for k in ("aggregator", "training")} | {"require_think_end": False}
 
 
 def test_settings_take_schema_defaults_and_name_bad_keys():
@@ -247,7 +247,14 @@ def test_reward_is_one_only_for_a_verified_final_box():
         "<think>maybe \\boxed{42}</think> no, it is \\boxed{41}",
         "forty-two",
     ]
-    assert correct(completions, ["42"] * 4) == [1.0, 1.0, 0.0, 0.0]
+    assert reward(False)(completions, ["42"] * 4) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_reward_in_thinking_mode_is_zero_for_thinking_that_never_ended():
+    finished = "<think>it is 42</think> so \\boxed{42}"
+    cut = "<think>it is \\boxed{42}, let me check that again"  # stopped by max_completion_length
+    assert reward(True)([finished, cut], ["42", "42"]) == [1.0, 0.0]
+    assert reward(False)([finished, cut], ["42", "42"]) == [1.0, 1.0]
 
 
 def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):

@@ -33,7 +33,7 @@ def merge_adapter(model: str, adapter: str, out: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="base model folder")
-    ap.add_argument("--adapter", required=True, help="LoRA adapter folder (train/adapter)")
+    ap.add_argument("--adapter", required=True, help="LoRA adapter (train/<variant>/adapter)")
     ap.add_argument("out", help="folder of the merged model")
     args = ap.parse_args(argv)
     out = merge_adapter(args.model, args.adapter, args.out)

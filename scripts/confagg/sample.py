@@ -22,12 +22,13 @@ deleting that one file loses only its own problems, which the next run samples a
 other settings (sampling, prompt, seed, model, problems) stop the run rather than mix.
 
 Merge. With every problem done, the parts are streamed in problem order into
-``<out>.parts/merged.parquet`` (row groups of at most ``ROW_GROUP_BYTES``), the parts are deleted,
-and that file is renamed to ``<out>``: a kill at any point leaves either the parts or the merged
-file, and the rerun finishes from there without sampling again. A complete ``<out>`` is never
-rewritten: a rerun finds it and only removes what is left of the parts folder. (Snakemake
-deletes the output of a job that died: one killed after the rename but before the empty parts
-folder is gone samples the shard again from the start, with the same seed, so the same way.)
+``<out>.parts/merged.parquet`` (row groups of about ``tables.ROW_GROUP_BYTES``), the parts are
+deleted, and that file is renamed to ``<out>``: a kill at any point leaves either the parts or
+the merged file, and the rerun finishes from there without sampling again. A complete ``<out>``
+is never rewritten: a rerun finds it and only removes what is left of the parts folder.
+(Snakemake deletes the output of a job that died: one killed after the rename but before the
+empty parts folder is gone samples the shard again from the start, with the same seed, so the
+same way.)
 
 Seeding: vLLM is seeded once per engine (``LLM(seed=...)``; a per-request seed with ``n > 1``
 crashes on the CPU build). The seed is derived from (run seed, data set, shard, number of
@@ -69,13 +70,8 @@ from confagg.problems import read_problems, shard_of
 from confagg.prompts import render, solver_messages
 from confagg.seeds import derive_seed
 from confagg.settings import from_mapping
-from confagg.tables import SAMPLES
+from confagg.tables import SAMPLES, WRITE_OPTIONS, TableWriter
 
-# Row groups of the merged shard stay below this many bytes in memory (Arrow), so neither the
-# merge nor a reader of one row group ever needs more, and no 32-bit offset can overflow.
-ROW_GROUP_BYTES = 128 << 20
-# The same parquet options as confagg.tables.write_table.
-_WRITE_OPTS = {"compression": "zstd", "use_dictionary": ["problem_id", "finish_reason"]}
 _META_KEY = b"confagg.sample"  # the settings fingerprint, in each part's and the output's schema
 _PROGRESS_S = 60.0
 STREAM_INTERVAL = 16
@@ -162,7 +158,7 @@ def _seal(tmp: Path) -> None:
 
 
 def _write_parquet(table: pa.Table, tmp: Path, schema: pa.Schema, row_group_rows: int) -> None:
-    with pq.ParquetWriter(tmp, schema, **_WRITE_OPTS) as writer:
+    with pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
         writer.write_table(table.cast(schema), row_group_size=row_group_rows)
     _seal(tmp)
 
@@ -293,37 +289,19 @@ class Parts:
         return path
 
     def merge(self, where: Mapping[str, tuple[Path, int]], order: list[str], fp: Mapping) -> int:
-        """Stream every problem's row group, in ``order``, into the merged file; its rows."""
-        schema = _schema(fp)
-        self.dir.mkdir(parents=True, exist_ok=True)  # a shard of no problems has no parts
-        fd, name = tempfile.mkstemp(prefix=".merged.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        tmp = Path(name)
-        rows = 0
-        try:
-            with pq.ParquetWriter(tmp, schema, **_WRITE_OPTS) as writer:
-                batch: list[pa.Table] = []
-                size = 0
-                for i, pid in enumerate(order):
-                    path, rg = where[pid]
-                    try:
-                        with pq.ParquetFile(path) as pf:
-                            table = pf.read_row_group(rg).select(SAMPLES.names).cast(SAMPLES)
-                    except (OSError, pa.ArrowException) as e:
-                        raise self._damaged([(path, f"{type(e).__name__}: {e}")]) from None
-                    batch.append(table)
-                    size += table.nbytes
-                    if size >= ROW_GROUP_BYTES or i == len(order) - 1:
-                        group = pa.concat_tables(batch).cast(schema)
-                        writer.write_table(group, row_group_size=max(group.num_rows, 1))
-                        rows += group.num_rows
-                        batch, size = [], 0
-                        _pause("merge")
-            _seal(tmp)
-            os.replace(tmp, self.merged)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return rows
+        """Stream every problem's row group, in ``order``, into the merged file (row groups of
+        about ``tables.ROW_GROUP_BYTES``, written atomically); its rows."""
+        with TableWriter(self.merged, _schema(fp)) as writer:
+            for pid in order:
+                path, rg = where[pid]
+                try:
+                    with pq.ParquetFile(path) as pf:
+                        table = pf.read_row_group(rg).select(SAMPLES.names)
+                except (OSError, pa.ArrowException) as e:
+                    raise self._damaged([(path, f"{type(e).__name__}: {e}")]) from None
+                writer.write(table)
+                _pause("merge")
+        return writer.rows
 
     def finish(self) -> None:
         """Parts deleted, the merged file renamed onto the output, the folder removed (a kill

@@ -136,7 +136,7 @@ EVAL_CANDIDATES = pa.schema(
 )
 
 # Written with zstd: the confidence arrays compress a little and text a lot.
-_WRITE_OPTS = {"compression": "zstd", "use_dictionary": ["problem_id", "finish_reason"]}
+WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": ["problem_id", "finish_reason"]}
 # Row groups hold at most about this much Arrow memory, and readers take batches of about this
 # much: a stage's memory follows these, not the table's size (a pool shard holds ~3 GB of text).
 ROW_GROUP_BYTES = 32 << 20
@@ -245,7 +245,7 @@ class TableWriter:
     def __enter__(self) -> TableWriter:
         with ExitStack() as stack:
             tmp = stack.enter_context(atomic_path(self.path))
-            self._writer = pq.ParquetWriter(tmp, self.schema, **_WRITE_OPTS)
+            self._writer = pq.ParquetWriter(tmp, self.schema, **WRITE_OPTIONS)
             self._stack = stack.pop_all()
         return self
 

@@ -8,7 +8,8 @@ Run through accelerate (the rule ``train_aggregator`` does this)::
 
 Each training set (``tables.SETS``) becomes one prompt (``confagg.aggregator_prompt``, the same
 builder evaluation uses); the reward of a completion is 1 when its last ``\\boxed{}`` verifies
-against the set's gold answer (``confagg.verify.is_correct``), else 0.
+against the set's gold answer (``confagg.verify.is_correct``), else 0; with
+``require_think_end`` (thinking mode) a completion that never closes its thinking gets 0.
 
 Rollouts: with ``training.vllm.enabled`` (the default), TRL's vLLM integration in colocate mode
 generates them, on GPU and on CPU alike (on the CPU build with the adjustments of
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from confagg import manifest, settings, trainset
-from confagg.answers import extract_boxed
+from confagg.answers import final_answer
 from confagg.resume import (
     EXIT_STOPPED,
     PROCESS_START,
@@ -139,6 +140,7 @@ class Aggregator:
 class Settings:
     aggregator: Aggregator
     training: Training
+    require_think_end: bool  # a completion that never closes its thinking has no answer
 
 
 @dataclass
@@ -166,14 +168,18 @@ class TrainArgs:
 # Data (confagg.trainset) and reward
 
 
-def correct(completions: list[str], gold: list[str], **_: Any) -> list[float]:
-    """GRPO reward: 1.0 when the completion's last ``\\boxed{}`` verifies against gold, else 0."""
+def reward(require_think_end: bool):
+    """The GRPO reward: 1.0 when the completion's final answer (its last ``\\boxed{}``; none
+    if it never closed its thinking and ``require_think_end``) verifies against gold, else 0."""
     from confagg.verify import is_correct
 
-    return [
-        1.0 if is_correct(answer, extract_boxed(text)) else 0.0
-        for text, answer in zip(completions, gold, strict=True)
-    ]
+    def correct(completions: list[str], gold: list[str], **_: Any) -> list[float]:
+        return [
+            1.0 if is_correct(answer, final_answer(text, require_think_end)) else 0.0
+            for text, answer in zip(completions, gold, strict=True)
+        ]
+
+    return correct  # TRL logs it as rewards/correct
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +364,7 @@ def fingerprint(s: Settings, args: TrainArgs, seed: int, processes: int) -> dict
     plain = settings.to_dict(s)
     training = {k: v for k, v in plain["training"].items() if k not in RESUMABLE_CHANGES}
     return {
-        "settings": {"aggregator": plain["aggregator"], "training": training},
+        "settings": {**plain, "training": training},
         "seed": seed,
         "num_processes": processes,
         "model": args.model,
@@ -414,7 +420,7 @@ def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callba
     lora = s.training.lora
     trainer = GRPOTrainer(
         model=args.model,
-        reward_funcs=[correct],
+        reward_funcs=[reward(s.require_think_end)],
         args=config,
         train_dataset=data.dataset(),
         eval_dataset=eval_data.dataset() if eval_data else None,

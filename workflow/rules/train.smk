@@ -16,7 +16,14 @@ def train_settings(wildcards):
     confidence = config["training"]["variants"][wildcards.variant]["confidence"]
     aggregator["prompt"]["confidence"]["enabled"] = confidence
     training = {k: v for k, v in config["training"].items() if k != "variants"}
-    return json.dumps({"aggregator": aggregator, "training": training}, sort_keys=True)
+    return json.dumps(
+        {
+            "aggregator": aggregator,
+            "training": training,
+            "require_think_end": think_end_required("aggregator"),
+        },
+        sort_keys=True,
+    )
 
 
 rule train_aggregator:
