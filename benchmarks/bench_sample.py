@@ -10,8 +10,9 @@ both), each against a baseline measured in the same run, on the same engine:
     chunks of problems, then per-sample confidence and text): the chunk barrier idles the engine
     while a chunk's long samples finish. Target: at least 1.0x.
 (c) resident memory growth per generated token over a long run (tiny model; peak RSS during
-    the run minus RSS before it, over the tokens generated), stage vs one chunk of the chunked
-    stage. Target: at most 64 bytes per token (the brief measured ~2.9 KiB for the old stage).
+    a run minus RSS before it, for a quarter of the run and for the whole: the slope between
+    the two is what grows with the tokens), stage vs one chunk of the chunked stage. Target: at
+    most 64 bytes per token (the brief measured ~2.9 KiB for the old stage).
 (d) a check: the stage's texts and confidences equal ``LLM.generate``'s (with logprobs, same
     RNG state, every problem in flight), sample for sample.
 
@@ -306,18 +307,28 @@ def bench_model(name: str, model: Path, sizes: dict, out_dir: Path, parts: str) 
         settings = settings_for(n, t, in_flight=in_flight)
         fixed = {"min_tokens": t, "max_tokens": t}
         run_stage(llm, model, problems[:2], settings, out_dir, lambda q: fixed)  # warm-up
-        with PeakRSS() as mem:
-            tokens, timed = run_stage(llm, model, problems, settings, out_dir, lambda q: fixed)
+        # a quarter run, then the whole: what grows with the tokens is the slope between them
+        # (what both runs allocate once, buffers and the first part written, cancels out)
+        runs = []
+        for size in (max(p // 4, 1), p):
+            with PeakRSS() as mem:
+                tokens, timed = run_stage(llm, model, problems[:size], settings, out_dir,
+                                          lambda q: fixed)  # fmt: skip
+            runs.append((tokens, mem.growth, timed.wall))
+        (small, small_growth, _), (tokens, growth, wall) = runs
+        slope = (growth - small_growth) / (tokens - small)
         chunk_prompts = prompts_of(llm, problems[:in_flight])
         params = [sampling_params(dataclasses.asdict(settings.sampling), **fixed)] * in_flight
         with PeakRSS() as old_mem:
             old_tokens, _ = run_chunked(llm, chunk_prompts, params, in_flight)
         print(
-            f"[{name}] (c) {p} problems x n={n} x {t} tokens ({tokens} tokens, "
-            f"{timed.wall:.0f} s), {in_flight} in flight: peak RSS growth "
-            f"{mem.growth / 2**20:.1f} MiB = {mem.growth / tokens:.1f} bytes/token (target <= "
-            f"64); one chunk of the chunked stage ({in_flight} problems, {old_tokens} tokens): "
-            f"{old_mem.growth / 2**20:.1f} MiB = {old_mem.growth / old_tokens:.0f} bytes/token",
+            f"[{name}] (c) {p} problems x n={n} x {t} tokens ({tokens} tokens, {wall:.0f} s), "
+            f"{in_flight} in flight: peak RSS growth {growth / 2**20:.1f} MiB "
+            f"({growth / tokens:.1f} bytes/token); a quarter of it ({small} tokens): "
+            f"{small_growth / 2**20:.1f} MiB; growth per generated token (the slope between "
+            f"the two) {slope:.1f} bytes (target <= 64); one chunk of the chunked stage "
+            f"({in_flight} problems, {old_tokens} tokens): {old_mem.growth / 2**20:.1f} MiB = "
+            f"{old_mem.growth / old_tokens:.0f} bytes/token",
             flush=True,
         )
 
