@@ -14,13 +14,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from test_sample import _command as sample_command
+from test_sample import make_settings
 
 from confagg.confidence import METRICS
 from confagg.problems import demo_problems, write_problems
 from confagg.sample import parts_dir
 from confagg.tables import AGG_OUTPUTS, GRADES, SAMPLES, SCORES, SETS, read_table
 from confagg.verify import STATUSES
-from conftest import BIN, REPO, SHARED_DATA, snakemake
+from conftest import REPO, SHARED_DATA, snakemake
 
 pytestmark = pytest.mark.integration
 
@@ -203,41 +205,8 @@ def test_report_for_a_real_benchmark(tiny_run):
 
 
 def _sample_cmd(problems, model, out, chunk=1, n=3):
-    settings = {
-        "sampling": {
-            "n": n,
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "top_k": -1,
-            "min_p": 0.0,
-            "max_tokens": 48,
-            "logprobs": 20,
-        },
-        "problems_in_flight": chunk,
-        "engine": ENGINE,
-        "prompt": {"instruction": "Answer in \\boxed{}.", "system": None, "example": None},
-        "chat_template_kwargs": {},
-    }
-    return [
-        str(BIN / "python"),
-        "-m",
-        "confagg.sample",
-        "--problems",
-        str(problems),
-        "--dataset",
-        "kill",
-        "--shard",
-        "0",
-        "--shards",
-        "1",
-        "--seed",
-        "5",
-        "--model",
-        str(model),
-        "--settings",
-        json.dumps(settings),
-        str(out),
-    ]
+    """The sample stage's command line (test_sample's) with ``chunk`` problems in flight."""
+    return sample_command(problems, model, out, make_settings(n, max_tokens=48, in_flight=chunk))
 
 
 def test_killed_shard_resumes_without_loss_or_duplicates(tmp_path, tiny_model):

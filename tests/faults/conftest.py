@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import tiny_config as workflow_config
 
 from conftest import REPO
 
@@ -24,7 +25,6 @@ from .harness import Job, plan_jobs, run_job
 
 RUN = "f"
 POOL_N, BENCH_N, SAMPLES = 6, 3, 4  # problems in the pool and the benchmark, samples each
-ENGINE = {"max_model_len": 1024, "kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}
 # every rule's place in a run (a job's inputs come from rules before it)
 RULE_ORDER = [
     "prepare_problems",
@@ -45,53 +45,25 @@ SKIPPED_RULES = {"check_problems"}
 
 
 def tiny_config(model: Path) -> dict:
-    return {
-        "run_name": RUN,
-        "seed": 3,
-        "generator": {"model": str(model), "engine": ENGINE, "chat_template_kwargs": {}},
-        "sampling": {
-            "max_tokens": 24,
-            "temperature": 1.0,
-            "top_k": -1,
-            "top_p": 1.0,
-            "problems_in_flight": 2,
-        },
-        "confidence": {"window": 8, "tail_tokens": 8},
-        "training_pool": {
-            "source": {"demo": {"n": POOL_N, "seed": 1}},
-            "samples_per_problem": SAMPLES,
-            "shards": 1,
-        },
-        "benchmarks": {"mini": {"source": {"demo": {"n": BENCH_N, "seed": 2}}}},
-        "evaluation": {
-            "seeds": [0],
-            "samples_per_problem": SAMPLES,
-            "shards": 1,
-            "ks": [1, 2, 4],
-            "set_size": 2,
-            "aggregator_sampling": {"max_tokens": 16, "temperature": 1.0},
-            "deepconf_online": {"warmup": 2},
-            # a trained variant on its merged model: merge_adapter is part of the run
-            "trained_model": "merged",
-            "aggregators": [
-                {"name": "prompted", "trained": None, "confidence": True},
-                {"name": "trained", "trained": "confidence", "confidence": True},
-            ],
-        },
-        "curation": {"sets_per_problem": 2, "set_size": 2, "verify_processes": 1},
-        "aggregator": {"prompt": {"max_prompt_tokens": 480}},
-        "training": {
-            "variants": {"confidence": {"confidence": True}},
-            "gpus": 0,
-            "max_steps": 2,
-            "per_device_train_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "num_generations": 4,
-            "max_completion_length": 12,
-            "lora": {"r": 4, "alpha": 8},
-            "save_steps": 1,
-        },
-    }
+    """The tiny workflow's config (tests/test_workflow.py), sized for the kill tests: one pool
+    shard, two disjoint sets per problem, one training variant and one prompted and one trained
+    aggregator on its merged model (so merge_adapter is part of the run)."""
+    cfg = workflow_config(model, run_name=RUN)
+    cfg["training_pool"].update(
+        source={"demo": {"n": POOL_N, "seed": 1}}, samples_per_problem=SAMPLES, shards=1
+    )
+    cfg["benchmarks"] = {"mini": {"source": {"demo": {"n": BENCH_N, "seed": 2}}}}
+    cfg["evaluation"].update(
+        samples_per_problem=SAMPLES,
+        trained_model="merged",
+        aggregators=[
+            {"name": "prompted", "trained": None, "confidence": True},
+            {"name": "trained", "trained": "confidence", "confidence": True},
+        ],
+    )
+    cfg["curation"]["sets_per_problem"] = 2
+    cfg["training"]["variants"] = {"confidence": {"confidence": True}}
+    return cfg
 
 
 @dataclass
