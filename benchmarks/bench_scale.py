@@ -19,6 +19,9 @@ math-verify workers are not counted, and fast-path answers need none):
                 rendering that follows (the aggregator's tokenizer: the trainer's own cost)
     eval-read   the evaluation inputs as ``confagg.evaluate`` reads them (samples + scores +
                 grades, no text)
+    aggregate-read  the aggregator runs' candidate sets (``evaluation.set_size``) as
+                ``confagg.aggregate`` builds them, batch by batch with their texts (the shard
+                as one benchmark); not the prompts nor the generation that follow
 
     .venv/bin/python benchmarks/bench_scale.py [--quick] [--dir /tmp] [--keep]
 
@@ -50,7 +53,7 @@ FULL_PROBLEMS, SAMPLES_PER_PROBLEM = 630, 128
 MAX_TOKENS, TRUNCATED_SHARE, MEAN_TOKENS = 32768, 0.05, 10_000
 BYTES_PER_TOKEN = 4
 SIZES = {"1/16": 16, "1/4": 4, "full": 1}
-STAGES = ("merge", "score", "grade", "curate", "train-read", "eval-read")
+STAGES = ("merge", "score", "grade", "curate", "train-read", "eval-read", "aggregate-read")
 TARGET_GB, TARGET_GROWTH = 3.0, 1.5
 FINGERPRINT = {"bench": "bench_scale"}  # what the parts are stamped with (sample.fingerprint)
 PROBLEMS_PER_PART = 4
@@ -230,6 +233,25 @@ def run_inline(stage: str, work: Path) -> None:
             [work / "samples.parquet"], [work / "scores.parquet"], [work / "grades.parquet"]
         )
         print(f"read {len(df)} candidates", file=sys.stderr)
+    elif stage == "aggregate-read":
+        import yaml
+
+        from confagg import aggregate
+        from confagg.tables import CandidateTexts, load_candidates
+
+        set_size = yaml.safe_load((REPO / "config/config.yaml").read_text())["evaluation"][
+            "set_size"
+        ]
+        df = load_candidates(
+            [work / "samples.parquet"], [work / "scores.parquet"], [work / "grades.parquet"]
+        )
+        texts = CandidateTexts([work / "samples.parquet"])
+        sets = chars = 0
+        for positions in aggregate.problem_batches(df):
+            for _, _, cands in aggregate.candidate_sets(df, positions, texts, set_size):
+                sets += 1
+                chars += sum(len(c["text"]) for c in cands)
+        print(f"built {sets} sets of {set_size}, {chars} candidate characters", file=sys.stderr)
     else:
         raise SystemExit(f"unknown stage {stage!r}")
 

@@ -14,6 +14,7 @@ from confagg.tables import (
     SAMPLES,
     SCORES,
     SETS,
+    CandidateTexts,
     TableWriter,
     atomic_path,
     flat_confidence,
@@ -243,7 +244,7 @@ def test_thinking_closed_in_batches(tmp_path):
     assert 0 < flags.sum() < len(flags)
 
 
-def test_load_candidates_text_is_the_part_after_thinking(tmp_path):
+def test_candidate_texts_are_the_part_after_thinking(tmp_path):
     table = _samples([[1.0], [2.0], [3.0]], texts=["<think>a</think>B", "no close", "C"])
     write_table(table, tmp_path / "s.parquet", SAMPLES)
     write_table(score_table(table, 2, 2), tmp_path / "sc.parquet", SCORES)
@@ -255,9 +256,14 @@ def test_load_candidates_text_is_the_part_after_thinking(tmp_path):
     grades = grades.append_column("unfinished_thinking", pa.array([False] * 3))
     write_table(grades, tmp_path / "g.parquet", GRADES)
     paths = [tmp_path / "s.parquet"], [tmp_path / "sc.parquet"], [tmp_path / "g.parquet"]
-    df = load_candidates(*paths, text=True)
-    assert df["text"].tolist() == ["B", "no close", "C"]
-    assert "text" not in load_candidates(*paths).columns
+    df = load_candidates(*paths)
+    assert "text" not in df.columns  # texts are read only where asked for
+    where = df[["shard", "row"]].to_numpy(np.int64)
+    texts = CandidateTexts(paths[0])
+    assert texts.read(np.array([2, 0]), where) == {0: ("B", 17), 2: ("C", 1)}
+    assert texts.read(np.arange(3), where)[1] == ("no close", 8)
+    with pytest.raises(ValueError, match=r"s.parquet: has 3 rows, row 5 asked for"):
+        texts.read(np.array([0]), np.array([[0, 5]]))
 
 
 def test_read_table_columns_reads_only_those(tmp_path):

@@ -22,15 +22,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from confagg.answers import after_think, final_answer
+from confagg.answers import final_answer
 from confagg.confidence import METRICS
 from confagg.methods import disjoint_sets
 from confagg.problems import read_problems
 from confagg.settings import load
-from confagg.tables import AGG_OUTPUTS, load_candidates, write_table
+from confagg.tables import AGG_OUTPUTS, CandidateTexts, TableWriter, load_candidates
+
+# Sets are read, prompted, generated, graded and written a batch of whole problems at a time,
+# about this many candidates per batch, so memory holds one batch's texts and outputs whatever
+# the benchmark's size. Each batch is one generate call per variant, which ends with its
+# slowest completion: batches are large so that this wait is rare.
+BATCH_CANDIDATES = 8192
 
 
 @dataclass(frozen=True)
@@ -59,20 +66,44 @@ class Settings:
     seed: int
 
 
-def candidate_sets(df: pd.DataFrame, m: int) -> list[tuple[str, int, list[dict]]]:
-    """(problem_id, set_idx, candidates) of every problem's disjoint sets of ``m`` samples
-    (``df``: tables.load_candidates with text)."""
+def problem_batches(df: pd.DataFrame, max_candidates: int = BATCH_CANDIDATES) -> list[np.ndarray]:
+    """Row positions of ``df`` (tables.load_candidates: sorted by problem) in batches of whole
+    problems, about ``max_candidates`` rows each (a larger problem is a batch alone)."""
+    pid = df["problem_id"].to_numpy(object)
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if len(pid) else np.array([], int)
+    bounds, first = [], 0
+    for start in starts[1:].tolist():
+        if start - first >= max_candidates:
+            bounds.append((first, start))
+            first = start
+    if len(pid):
+        bounds.append((first, len(pid)))
+    # a batch may end past max_candidates by less than one problem
+    return [np.arange(lo, hi) for lo, hi in bounds]
+
+
+def candidate_sets(
+    df: pd.DataFrame, positions: np.ndarray, texts: CandidateTexts, m: int
+) -> list[tuple[str, int, list[dict]]]:
+    """(problem_id, set_idx, candidates) of the disjoint sets of ``m`` samples of the problems
+    at ``positions`` of ``df`` (whole problems, as :func:`problem_batches` gives them), with
+    their texts (after ``</think>``) read for these rows only."""
+    where = df[["shard", "row"]].to_numpy(np.int64)
+    text = texts.read(positions, where)
+    part = df.iloc[positions]
+    answers = part["answer"].to_numpy(object)
+    metrics = {k: part[k].to_numpy() for k in METRICS}
     out = []
-    for pid, group in df.groupby("problem_id", sort=False):
-        rows = group.sort_values("sample_idx").to_dict("records")
-        for j, positions in enumerate(disjoint_sets(len(rows), m)):
+    for pid, rows in part.groupby("problem_id", sort=False).indices.items():
+        # rows are in sample order (load_candidates sorts by problem, then sample)
+        for j, chosen in enumerate(disjoint_sets(len(rows), m)):
             cands = [
                 {
-                    "text": after_think(rows[i]["text"]),
-                    "answer": rows[i]["answer"],
-                    **{k: rows[i][k] for k in METRICS},
+                    "text": text[int(positions[i])][0],
+                    "answer": None if pd.isna(answers[i]) else answers[i],
+                    **{k: float(metrics[k][i]) for k in METRICS},
                 }
-                for i in positions
+                for i in rows[chosen].tolist()
             ]
             out.append((pid, j, cands))
     return out
@@ -134,13 +165,16 @@ def run_variants(
     model: str,
     trained: Mapping[str, str],
     problems: Mapping[str, dict],
-    sets: list,
+    candidates: pd.DataFrame,
+    texts: CandidateTexts,
     settings: Settings,
+    writer: TableWriter,
     processes: int = 1,
     log=print,
-) -> pa.Table:
-    """Generate every variant's outputs for every set; AGG_OUTPUTS rows graded with
-    ``processes`` verifier workers.
+) -> None:
+    """Generate every variant's outputs for every set of ``candidates`` (tables.load_candidates,
+    texts read from ``texts`` a batch of problems at a time) and write them to ``writer`` as
+    AGG_OUTPUTS rows graded with ``processes`` verifier workers.
 
     ``trained`` maps each training run to its LoRA adapter when ``settings.trained_model`` is
     "lora" (applied per request on the base model's engine), to its merged model folder
@@ -152,8 +186,8 @@ def run_variants(
     from confagg.verify import verify_many
 
     params = SamplingParams(**settings.sampling)
-    rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
     plan = _engine_plan(model, trained, settings.variants, settings.trained_model)
+    batches = problem_batches(candidates)
     for engine_model, group, with_lora in plan:
         if not group:
             continue
@@ -166,16 +200,21 @@ def run_variants(
             runs = dict.fromkeys(v.trained for v in group if v.trained is not None)
             loras = {r: LoRARequest(r, i, str(trained[r])) for i, r in enumerate(runs, start=1)}
         llm = make_engine(engine_model, settings.seed, engine_kwargs)
-        for variant in group:
-            _variant_rows(llm, variant, sets, problems, settings, params, loras, rows)
-            log(f"{variant.name}: {len(sets)} sets x {params.n} outputs ({engine_model})")
+        for b, positions in enumerate(batches, start=1):
+            sets = candidate_sets(candidates, positions, texts, settings.set_size)
+            rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
+            for variant in group:
+                _variant_rows(llm, variant, sets, problems, settings, params, loras, rows)
+            golds = [problems[pid]["answer"] for pid in rows["problem_id"]]
+            verdicts = verify_many(golds, rows["answer"], processes=processes)
+            rows["correct"] = [v.correct for v in verdicts]
+            rows["status"] = [v.status for v in verdicts]
+            writer.write(pa.table(rows, schema=AGG_OUTPUTS))
+            names = ", ".join(v.name for v in group)
+            log(f"{names}: batch {b}/{len(batches)}, {len(sets)} sets x {params.n} outputs "
+                f"({engine_model})")  # fmt: skip
         release_engine(llm)
         del llm
-    golds = [problems[pid]["answer"] for pid in rows["problem_id"]]
-    verdicts = verify_many(golds, rows["answer"], processes=processes)
-    rows["correct"] = [v.correct for v in verdicts]
-    rows["status"] = [v.status for v in verdicts]
-    return pa.table(rows, schema=AGG_OUTPUTS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,18 +242,20 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--trained takes RUN=PATH, got {bad}")
     trained = dict(t.split("=", 1) for t in args.trained)
     problems = {p["id"]: p for p in read_problems(args.problems)}
-    df = load_candidates(args.samples, args.scores, args.grades, text=True)
-    table = run_variants(
-        args.model,
-        trained,
-        problems,
-        candidate_sets(df, settings.set_size),
-        settings,
-        processes=args.processes,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
-    write_table(table, args.out, AGG_OUTPUTS)
-    print(f"wrote {table.num_rows} aggregator outputs to {Path(args.out)}", file=sys.stderr)
+    candidates = load_candidates(args.samples, args.scores, args.grades)
+    with TableWriter(args.out, AGG_OUTPUTS) as writer:
+        run_variants(
+            args.model,
+            trained,
+            problems,
+            candidates,
+            CandidateTexts(args.samples),
+            settings,
+            writer,
+            processes=args.processes,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    print(f"wrote {writer.rows} aggregator outputs to {Path(args.out)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ order; candidate texts cut to the part after ``</think>``) and ``summary.json``.
 
 Memory. Sets are chosen from the samples' metadata alone (no text). The kept sets are then
 written in chunks of about ``CHUNK_CANDIDATES`` candidates, in problem order: a chunk's texts
-are read from the row groups that hold them (``tables.iter_batches``), cut, written, and
+are read from the row groups that hold them (``tables.CandidateTexts``), cut, written, and
 dropped, so at most one chunk's texts are in memory whatever the pool's size.
 
 Prompt budget. With ``--max-prompt-tokens`` (``aggregator.prompt.max_prompt_tokens``), a
@@ -72,19 +72,16 @@ import pandas as pd
 import pyarrow as pa
 
 from confagg.aggregator_prompt import MARKER
-from confagg.answers import after_think
 from confagg.confidence import METRICS
 from confagg.methods import disjoint_sets, majority_top
 from confagg.problems import read_problems
 from confagg.seeds import derive_seed
 from confagg.settings import load
 from confagg.tables import (
-    SAMPLES,
     SETS,
+    CandidateTexts,
     TableWriter,
-    iter_batches,
     load_candidates,
-    row_group_starts,
     write_json,
 )
 
@@ -94,6 +91,10 @@ CUT_MARGIN = 1.25
 # Kept sets are written in chunks of about this many candidates (texts read, cut, written and
 # dropped together): a chunk's texts are at most this many times the budget's worth of text.
 CHUNK_CANDIDATES = 1024
+# The train and val writers each gather a row group before writing it: groups smaller than
+# tables.ROW_GROUP_BYTES keep the two off the stage's peak (bench_scale: 1.58x growth from
+# 1/16 to a full shard with 32 MiB groups, 1.37x with these); 8 MiB still holds about 200 sets.
+SETS_ROW_GROUP_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -115,41 +116,6 @@ class Settings:
         if self.seed is not None:
             return self
         return replace(self, seed=derive_seed(run_seed, "curate"))
-
-
-# -------------------------------------------------------------------------- reading
-
-
-class Texts:
-    """Candidate texts (the part after ``</think>``) from the samples shards, read only from the
-    row groups that hold the rows asked for, batch by batch."""
-
-    def __init__(self, samples: Sequence[str]):
-        self.samples = list(samples)
-        self._starts: dict[int, np.ndarray] = {}
-
-    def read(self, shard: int, rows: np.ndarray) -> dict[int, tuple[str, int]]:
-        """``{row: (text after </think>, characters of the whole text)}`` for the (sorted,
-        distinct) ``rows`` of one shard."""
-        path = self.samples[shard]
-        if shard not in self._starts:
-            self._starts[shard] = row_group_starts(path)
-        starts = self._starts[shard]
-        if len(rows) and rows[-1] >= starts[-1]:
-            raise ValueError(f"{path}: has {starts[-1]} rows, row {rows[-1]} asked for")
-        groups = np.searchsorted(starts, rows, side="right") - 1
-        out: dict[int, tuple[str, int]] = {}
-        for rg in np.unique(groups).tolist():
-            want, offset = rows[groups == rg], int(starts[rg])
-            for batch in iter_batches(path, SAMPLES, ["text"], row_groups=[rg]):
-                lo, hi = np.searchsorted(want, [offset, offset + batch.num_rows])
-                texts = batch.column(0).take(pa.array(want[lo:hi] - offset)).to_pylist()
-                for r, text in zip(want[lo:hi].tolist(), texts, strict=True):
-                    out[r] = (after_think(text), len(text))
-                offset += batch.num_rows
-                if offset > want[-1]:
-                    break
-        return out
 
 
 @dataclass
@@ -439,7 +405,7 @@ def write_sets(
     splits: Sequence[list[dict]],
     usable: pd.DataFrame,
     problem_order: Mapping[str, int],
-    texts: Texts,
+    texts: CandidateTexts,
     budget: int | None = None,
 ) -> Cuts:
     """Write each split's sets (``curate``'s, each split in problem order) to its SETS file, a
@@ -459,13 +425,15 @@ def write_sets(
     step = max(1, CHUNK_CANDIDATES // set_size)  # sets per chunk
     cuts = Cuts()
     with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(TableWriter(out, SETS)) for out in outputs]
+        writers = [
+            stack.enter_context(TableWriter(out, SETS, SETS_ROW_GROUP_BYTES)) for out in outputs
+        ]
         for lo in range(0, len(tagged), step):
             chunk = [(k, splits[k][i]) for _, k, i in tagged[lo : lo + step]]
             needed = np.unique(np.concatenate([s["rows"] for _, s in chunk]))
             text = {
                 p: cut_to_budget(t, full / max(int(cols["num_tokens"][p]), 1), budget, cuts)
-                for p, (t, full) in _read_texts(needed, where, texts).items()
+                for p, (t, full) in texts.read(needed, where).items()
             }
             rows: list[list[dict]] = [[] for _ in outputs]
             for k, s in chunk:
@@ -474,18 +442,6 @@ def write_sets(
                 if part:
                     writer.write(pa.Table.from_pylist(part, schema=SETS))
     return cuts
-
-
-def _read_texts(
-    positions: np.ndarray, where: np.ndarray, texts: Texts
-) -> dict[int, tuple[str, int]]:
-    """:meth:`Texts.read` for rows of the pool frame (``where``: their shard and row)."""
-    out = {}
-    for shard in np.unique(where[positions, 0]).tolist():
-        mine = positions[where[positions, 0] == shard]
-        read = texts.read(shard, np.unique(where[mine, 1]))
-        out.update({int(p): read[int(r)] for p, r in zip(mine, where[mine, 1], strict=True)})
-    return out
 
 
 def _set_row(s: Mapping, text: Mapping[int, str], cols: Mapping[str, np.ndarray]) -> dict:
@@ -536,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         [train, val],
         usable,
         {p["id"]: i for i, p in enumerate(problems)},
-        Texts(args.samples),
+        CandidateTexts(args.samples),
         args.max_prompt_tokens,
     )
     summary["samples"]["cut_to_prompt_budget"] = {
