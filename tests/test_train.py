@@ -136,6 +136,11 @@ def test_grpo_config_takes_training_keys_by_name(tmp_path):
     assert args.vllm_gpu_memory_utilization == 0.3 and args.vllm_enable_sleep_mode is False
     asleep = from_mapping(Settings, validated(training={"vllm": {"enable_sleep_mode": True}}))
     assert grpo_config(asleep, tmp_path, 5, "r").vllm_enable_sleep_mode is False  # none on CPU
+    assert args.vllm_importance_sampling_correction is True  # TRL's default, kept
+    exact = from_mapping(
+        Settings, validated(training={"vllm": {"importance_sampling_correction": False}})
+    )
+    assert grpo_config(exact, tmp_path, 5, "r").vllm_importance_sampling_correction is False
     assert (
         grpo_config(from_mapping(Settings, validated(training=GENERATE)), tmp_path, 5, "r").use_vllm
         is False

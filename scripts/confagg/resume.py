@@ -25,8 +25,10 @@ Log rows (``log.jsonl``): ``step``, ``split`` ("train" or "eval"), ``time`` (uni
 step's rollouts cut at ``max_completion_length``), ``logp_gap`` (vLLM rollouts only: the largest
 difference between a sampled token's log-prob in vLLM and in the trained model, which shows
 that the weights reached vLLM: about 1e-6 in float32; LoRA dropout adds to it, since TRL scores
-the rollouts in training mode; null with generate), then every other metric TRL logs under its
-own name (``reward_std``, ``entropy``, ``rewards/correct/mean``, ...).
+the rollouts in training mode; null with generate, and with
+``training.vllm.importance_sampling_correction`` off, where TRL skips that forward pass), then
+every other metric TRL logs under its own name (``reward_std``, ``entropy``,
+``rewards/correct/mean``, ...).
 """
 
 from __future__ import annotations

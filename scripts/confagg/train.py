@@ -92,6 +92,7 @@ class Vllm:
     gpu_memory_utilization: float
     enable_sleep_mode: bool
     kv_cache_memory_bytes: int | None
+    importance_sampling_correction: bool
 
 
 @dataclass(frozen=True)
