@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.sizes or (["1/16"] if args.quick else list(SIZES))
     root = Path(tempfile.mkdtemp(prefix="bench_scale-", dir=args.dir))
     results: dict[str, dict[str, tuple[float, float]]] = {}
-    print(f"{'size':>5} {'stage':>10} {'peak RSS':>9} {'time':>8}   (work: {root})", flush=True)
+    print(f"{'size':>5} {'stage':>14} {'peak RSS':>9} {'time':>8}   (work: {root})", flush=True)
     try:
         for size in sizes:
             work = root / size.replace("/", "_")
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["BENCH_SCALE_PROBLEMS"] = str(problems)
             _, seconds = measure("fabricate", work)
             info = json.loads((work / "fabricated.json").read_text())
-            print(f"{size:>5} {'fabricate':>10} {'':>9} {seconds:7.1f}s  {problems} problems, "
+            print(f"{size:>5} {'fabricate':>14} {'':>9} {seconds:7.1f}s  {problems} problems, "
                   f"{info['samples']} samples", flush=True)  # fmt: skip
             for stage in STAGES:
                 rss, seconds = measure(stage, work)
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                 extra = ""
                 if stage == "merge":
                     extra = "  " + (work / "merged.txt").read_text()
-                print(f"{size:>5} {stage:>10} {rss:7.2f}GB {seconds:7.1f}s{extra}", flush=True)
+                print(f"{size:>5} {stage:>14} {rss:7.2f}GB {seconds:7.1f}s{extra}", flush=True)
             if not args.keep:
                 shutil.rmtree(work)
     finally:
@@ -328,11 +328,11 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(root, ignore_errors=True)
 
     if "1/16" in sizes and "full" in sizes:
-        print("\nstage       full/(1/16) peak RSS   full peak RSS   target")
+        print("\n         stage  full/(1/16) peak RSS   full peak RSS   target")
         for stage, by_size in results.items():
             ratio = by_size["full"][0] / by_size["1/16"][0]
             ok = by_size["full"][0] <= TARGET_GB and ratio <= TARGET_GROWTH
-            print(f"{stage:>10} {ratio:18.2f}x {by_size['full'][0]:13.2f}GB   "
+            print(f"{stage:>14} {ratio:18.2f}x {by_size['full'][0]:13.2f}GB   "
                   f"{'ok' if ok else 'MISSED'}")  # fmt: skip
 
 
