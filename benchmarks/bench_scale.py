@@ -168,16 +168,32 @@ def fabricate(work: Path, problems: int, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------ stages
 
 
-def _curate_settings() -> tuple[str, int]:
-    """The default config's curation settings, as the rule curate_sets passes them, and the
-    aggregator's prompt budget."""
+def _default_config() -> dict:
+    """config/config.yaml with the schema's defaults filled in."""
     import yaml
 
-    from confagg import curate
     from confagg.config import validate
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     validate(config, REPO / "workflow/schemas/config.schema.yaml")
+    return config
+
+
+def _candidates(work: Path):
+    """The shard's samples, scores and grades joined as every evaluation reader joins them."""
+    from confagg.tables import load_candidates
+
+    return load_candidates(
+        [work / "samples.parquet"], [work / "scores.parquet"], [work / "grades.parquet"]
+    )
+
+
+def _curate_settings() -> tuple[str, int]:
+    """The default config's curation settings, as the rule curate_sets passes them, and the
+    aggregator's prompt budget."""
+    from confagg import curate
+
+    config = _default_config()
     fields = {f.name for f in dataclasses.fields(curate.Settings)}
     settings = {k: v for k, v in config["curation"].items() if k in fields}
     return json.dumps(settings), config["aggregator"]["prompt"]["max_prompt_tokens"]
@@ -227,24 +243,13 @@ def run_inline(stage: str, work: Path) -> None:
                 chars += sum(len(c["text"]) for c in row["candidates"])
         print(f"read {sets} training sets, {chars} candidate characters", file=sys.stderr)
     elif stage == "eval-read":
-        from confagg.tables import load_candidates
-
-        df = load_candidates(
-            [work / "samples.parquet"], [work / "scores.parquet"], [work / "grades.parquet"]
-        )
-        print(f"read {len(df)} candidates", file=sys.stderr)
+        print(f"read {len(_candidates(work))} candidates", file=sys.stderr)
     elif stage == "aggregate-read":
-        import yaml
-
         from confagg import aggregate
-        from confagg.tables import CandidateTexts, load_candidates
+        from confagg.tables import CandidateTexts
 
-        set_size = yaml.safe_load((REPO / "config/config.yaml").read_text())["evaluation"][
-            "set_size"
-        ]
-        df = load_candidates(
-            [work / "samples.parquet"], [work / "scores.parquet"], [work / "grades.parquet"]
-        )
+        set_size = _default_config()["evaluation"]["set_size"]
+        df = _candidates(work)
         texts = CandidateTexts([work / "samples.parquet"])
         sets = chars = 0
         for positions in aggregate.problem_batches(df):

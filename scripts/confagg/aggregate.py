@@ -88,9 +88,8 @@ def candidate_sets(
     """(problem_id, set_idx, candidates) of the disjoint sets of ``m`` samples of the problems
     at ``positions`` of ``df`` (whole problems, as :func:`problem_batches` gives them), with
     their texts (after ``</think>``) read for these rows only."""
-    where = df[["shard", "row"]].to_numpy(np.int64)
-    text = texts.read(positions, where)
     part = df.iloc[positions]
+    text = texts.read(np.arange(len(part)), part[["shard", "row"]].to_numpy(np.int64))
     answers = part["answer"].to_numpy(object)
     metrics = {k: part[k].to_numpy() for k in METRICS}
     out = []
@@ -99,7 +98,7 @@ def candidate_sets(
         for j, chosen in enumerate(disjoint_sets(len(rows), m)):
             cands = [
                 {
-                    "text": text[int(positions[i])][0],
+                    "text": text[i][0],
                     "answer": None if pd.isna(answers[i]) else answers[i],
                     **{k: float(metrics[k][i]) for k in METRICS},
                 }
