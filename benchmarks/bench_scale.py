@@ -10,7 +10,7 @@ Each stage runs as its own process (``python benchmarks/bench_scale.py --stage .
 peak resident memory is the kernel's (``wait4``: the stage process itself; the grader's
 math-verify workers are not counted, and fast-path answers need none):
 
-    merge       the sample stage's merge of its part files (``confagg.sample.Parts``)
+    merge       the sample stage's merge of its part files (``confagg.parts.Parts``)
     score       python -m confagg.score
     grade       python -m confagg.grade (integer answers: the verifier's fast path)
     curate      python -m confagg.curate (one shard as the whole pool)
@@ -142,7 +142,7 @@ def fabricate(work: Path, problems: int, seed: int = 0) -> dict:
     order, a few problems per part, as the streaming sampler leaves them)."""
     import pyarrow as pa
 
-    from confagg.sample import Parts
+    from confagg.parts import Parts
 
     rng = np.random.default_rng(seed)
     corpus = _corpus(rng, 16 << 20)
@@ -220,7 +220,7 @@ def stage_command(stage: str, work: Path) -> list[str]:
 def run_inline(stage: str, work: Path) -> None:
     """The stages that are a library call, not a CLI."""
     if stage == "merge":
-        from confagg.sample import Parts
+        from confagg.parts import Parts
 
         with open(work / "pool.jsonl") as f:
             ids = [json.loads(line)["id"] for line in f]

@@ -1,4 +1,4 @@
-"""Verification throughput: ``confagg.verify.verify_many`` against a plain math-verify loop.
+"""Verification throughput: ``confagg.verifier.verify_many`` against a plain math-verify loop.
 
 Two candidate tables, each graded both ways:
 
@@ -145,18 +145,19 @@ def cpu_seconds() -> float:
 
 def measure(name: str, golds: list[str], preds: list, processes: int, repeat: int) -> None:
     """Time one table both ways, check the verdicts agree, print the figures."""
+    from confagg import verifier as vs
     from confagg import verify as v
 
-    v.shutdown()  # cold: no workers from an earlier table
-    v.clear_cache()
+    vs.shutdown()  # cold: no workers from an earlier table
+    vs.clear_cache()
     t0 = time.perf_counter()
-    cold = v.verify_many(golds, preds, processes=processes)
+    cold = vs.verify_many(golds, preds, processes=processes)
     t_cold = time.perf_counter() - t0
     t_ours = t_plain = c_ours = c_plain = math.inf
     for _ in range(repeat):  # best of n: the machine may be shared
-        v.clear_cache()  # workers stay up (a grading job starts them once), the cache goes
+        vs.clear_cache()  # workers stay up (a grading job starts them once), the cache goes
         t0, c0 = time.perf_counter(), cpu_seconds()
-        ours = v.verify_many(golds, preds, processes=processes)
+        ours = vs.verify_many(golds, preds, processes=processes)
         t_ours = min(t_ours, time.perf_counter() - t0)
         c_ours = min(c_ours, cpu_seconds() - c0)
         assert ours == cold

@@ -23,13 +23,29 @@ CORE = {
     "grouping",
     "methods",
     "prompts",
+    "scoring",
     "seeds",
     "verify",
 }
-# problems is shared (the problem-file format every stage reads) though rules run it too.
-SHARED = {"config", "engine", "problems", "settings", "tables", "tinymodel"}
+SHARED = {
+    "config",
+    "engine",
+    "fingerprints",
+    "problems",
+    "settings",
+    "streaming",
+    "tables",
+    "tinymodel",
+    "verifier",
+}
 # Parts of one stage, imported by that stage alone.
-STAGE_PARTS = {"colocate": "train", "manifest": "train", "resume": "train", "trainset": "train"}
+STAGE_PARTS = {
+    "colocate": "train",
+    "manifest": "train",
+    "resume": "train",
+    "trainset": "train",
+    "parts": "sample",
+}
 # Not a layer: the package marker.
 IGNORED = {"__init__"}
 

@@ -16,6 +16,7 @@ from confagg.config import validate
 from confagg.grouping import group_answers
 from confagg.problems import write_problems
 from confagg.tables import GRADES, SAMPLES, SCORES, SETS, load_candidates, read_table, write_table
+from confagg.verifier import answer_equality
 from conftest import REPO
 
 
@@ -92,7 +93,7 @@ def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
                 "sample_idx": idx,
                 "correct": [r[3] == "correct" for r in part],
                 "status": [r[3] for r in part],
-                "answer_group": group_answers(ids, [r[2] for r in part]),
+                "answer_group": group_answers(ids, [r[2] for r in part], answer_equality()),
                 "unfinished_thinking": [False] * n,
             },
             schema=GRADES,

@@ -13,11 +13,11 @@ import pytest
 from confagg import grade, methods
 from confagg.answers import final_answer
 from confagg.confidence import METRICS
-from confagg.evaluate import evaluate_benchmark
 from confagg.grouping import group_answers, normalise_answer
 from confagg.problems import write_problems
+from confagg.scoring import evaluate_benchmark
 from confagg.tables import GRADES, SAMPLES, read_table, write_table
-from confagg.verify import verify_many
+from confagg.verifier import answer_equality, verify_many
 
 HALF_AND_THREE_QUARTERS = ["\\frac{1}{2}", "\\frac{3}{4}", "0.75", "0.5"]
 
@@ -26,7 +26,7 @@ def test_groups_are_the_same_whichever_answer_is_gold():
     """Two right answers written differently and two wrong ones written differently: the
     verifier groups both pairs, and the groups (so every vote) do not depend on the gold
     answer. The grader-as-oracle keys put right answers together but not the wrong ones."""
-    groups = group_answers(["p"] * 4, HALF_AND_THREE_QUARTERS)
+    groups = group_answers(["p"] * 4, HALF_AND_THREE_QUARTERS, answer_equality())
     assert groups.tolist() == [0, 1, 1, 0]
     table = {
         "problem_id": "p",
@@ -55,7 +55,7 @@ def test_groups_are_the_same_whichever_answer_is_gold():
 def test_groups_per_problem_and_numbering():
     pids = ["a", "b", "a", "a", "b", "a"]
     answers = ["025", "7", "25", "x", "7.0", None]
-    groups = group_answers(pids, answers)
+    groups = group_answers(pids, answers, answer_equality())
     # a: 025 = 25 (group 0), x (group 1), no answer; b: 7 = 7.0
     assert groups.tolist() == [0, 0, 0, 1, 0, -1]
     assert groups.dtype == np.int32
@@ -64,7 +64,7 @@ def test_groups_per_problem_and_numbering():
 @pytest.mark.parametrize("empty", [".", "\\text{ }", "$ $", " "])
 def test_an_answer_that_normalises_to_nothing_abstains(empty):
     assert normalise_answer(empty) is None
-    assert group_answers(["p"] * 3, ["5", empty, "5"]).tolist() == [0, -1, 0]
+    assert group_answers(["p"] * 3, ["5", empty, "5"], answer_equality()).tolist() == [0, -1, 0]
 
 
 def test_final_answer_of_unfinished_thinking():

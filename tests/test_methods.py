@@ -13,9 +13,9 @@ import pytest
 
 from confagg import methods as mt
 from confagg.confidence import METRICS
-from confagg.evaluate import Online, evaluate_benchmark, in_memory_spend, method_names
 from confagg.grouping import normalise_answer
 from confagg.report import flatten, seed_summary
+from confagg.scoring import Online, evaluate_benchmark, in_memory_spend, method_names
 
 # ---------------------------------------------------------------------------------------------
 # pass@k

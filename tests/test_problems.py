@@ -2,13 +2,12 @@ import json
 
 import pytest
 
+from confagg import check, prepare
+from confagg.check import check_prompts, model_max_len
 from confagg.problems import (
     ProblemFileError,
-    check_prompts,
     demo_problems,
     load_file,
-    main,
-    model_max_len,
     read_problems,
     shard_of,
     write_problems,
@@ -158,7 +157,7 @@ def test_parquet_answers_of_other_types_name_the_row(tmp_path):
         load_file(path)
 
 
-# --- prompt lengths against the token budgets (python -m confagg.problems check) ---
+# --- prompt lengths against the token budgets (python -m confagg.check) ---
 
 PROMPT = {"system": None, "instruction": "Put the answer in \\boxed{}.", "example": None}
 AGG_PROMPT = {
@@ -195,7 +194,7 @@ def _prepare(tmp_path, rows, name="src.jsonl"):
     src = tmp_path / name
     src.write_text("\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "data" / "set.jsonl"
-    main(["prepare", "--source", json.dumps({"path": str(src)}), str(out)])
+    prepare.main(["--source", json.dumps({"path": str(src)}), str(out)])
     return src, out
 
 
@@ -218,9 +217,8 @@ def test_prompt_check_passes_and_records_the_longest(tmp_path, tiny_model):
     rows.append({"id": "b", "problem": "What is 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1?", "answer": "8"})
     src, out = _prepare(tmp_path, rows)
     record_path = tmp_path / "data" / "set.check.json"
-    main(
+    check.main(
         [
-            "check",
             "--problems",
             str(out),
             "--generator",

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from confagg.confidence import METRICS
-from confagg.evaluate import Online, evaluate_benchmark, in_memory_spend
 from confagg.report import build_report, build_summary
+from confagg.scoring import Online, evaluate_benchmark, in_memory_spend
 from confagg.tables import EVAL_CANDIDATES, write_json, write_table
 
 

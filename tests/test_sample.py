@@ -18,22 +18,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from confagg import sample as sample_mod
+from confagg import parts as parts_mod
+from confagg import streaming
 from confagg import tables as tables_mod
 from confagg.confidence import token_confidence
 from confagg.engine import make_engine, release_engine, sampling_params
+from confagg.parts import PartError, Parts, parts_dir
 from confagg.problems import demo_problems, write_problems
 from confagg.prompts import render, solver_messages
-from confagg.sample import (
-    PartError,
-    Parts,
-    SampleSettings,
-    StreamingSampler,
-    fingerprint,
-    parts_dir,
-    sample_shard,
-)
+from confagg.sample import SampleSettings, fingerprint, sample_shard
 from confagg.settings import from_mapping
+from confagg.streaming import StreamingSampler
 from confagg.tables import SAMPLES, read_table, row_nbytes
 from conftest import BIN
 
@@ -167,7 +162,7 @@ def test_problems_in_flight_bound_the_engine(llm):
     sampler = StreamingSampler(llm, n, 20, 24, in_flight)
     params = sampling_params(
         {"n": n, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": 24, "logprobs": 20},
-        output_kind=sample_mod._delta(),
+        output_kind=streaming.delta_output_kind(),
         detokenize=False,
     )
     jobs = [(f"p{i}", f"problem {i} is", params) for i in range(7)]
@@ -290,7 +285,7 @@ def test_parts_of_other_settings_are_refused(llm, tiny_model, tmp_path):
             request_params=stop_at(1),
         )
     assert len(Parts(out).files()) == 1
-    with pytest.raises(PartError, match=r"sampling: .*'temperature': 1\.0.*Delete that folder"):
+    with pytest.raises(PartError, match=r"sampling\.temperature: 1\.0 -> 0\.5.*Delete that folder"):
         sample_shard(
             **run,
             settings=make_settings(n=2, max_tokens=12, temperature=0.5),
@@ -318,14 +313,14 @@ def test_text_is_what_the_streaming_detokeniser_writes(tiny_model):
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     prompt = tok.encode("Q: what?", add_special_tokens=False)
     samples = [np.array(ids), np.array(ids[:-1]), np.array([*ids, eos])]
-    done = sample_mod.Finished(
+    done = streaming.Finished(
         "p",
         samples,
         [np.zeros(len(t), np.float16) for t in samples],
         ["length", "length", "stop"],
         prompt,
     )
-    table = sample_mod.finished_to_table([done], tok)
+    table = streaming.finished_to_table([done], tok)
     assert table.column("text").to_pylist() == ["ab \u00e9", "ab ", "ab \u00e9"]
     assert table.column("num_tokens").to_pylist() == [len(t) for t in samples]
     assert table.schema.equals(SAMPLES, check_metadata=True)
@@ -376,12 +371,12 @@ def test_merge_streams_parts_in_problem_order_in_bounded_row_groups(tmp_path, mo
         if large:  # a part of a 64-bit schema, as a future SAMPLES could write it
             schema = pa.schema(
                 [f.with_type(table.schema.field(f.name).type) for f in SAMPLES],
-                metadata=sample_mod._schema(fp).metadata,
+                metadata=parts_mod._schema(fp).metadata,
             )
             parts.dir.mkdir(exist_ok=True)
             path = parts.dir / f"part-{parts.next:05d}.parquet"
             parts.next += 1
-            sample_mod._write_parquet(table, path, schema, n)
+            parts_mod._write_parquet(table, path, schema, n)
         else:
             parts.write(table.cast(SAMPLES), n, fp)
     where = Parts(parts.out).scan({p["id"]: i for i, p in enumerate(problems)}, n, fp)

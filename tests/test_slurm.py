@@ -26,8 +26,8 @@ import pytest
 import yaml
 from test_workflow import tiny_config
 
+from confagg.parts import parts_dir
 from confagg.problems import demo_problems
-from confagg.sample import parts_dir
 from confagg.tables import SAMPLES, read_table
 from conftest import BIN, REPO, snakemake
 

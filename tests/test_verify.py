@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from confagg import verifier as vs
 from confagg import verify as v
 from confagg.problems import write_problems
 from confagg.tables import GRADES, SAMPLES, read_table, write_table
@@ -163,7 +164,7 @@ def test_verdicts_on_equivalence_pairs(gold, pred, expected):
     assert plain(gold, pred) is expected  # the pair list itself is math-verify's verdict
     fast = v.fast_verdict(gold, pred)
     assert fast is None or fast.correct is expected
-    verdict = v.verify(gold, pred)
+    verdict = vs.verify(gold, pred)
     assert verdict.correct is expected
     assert verdict.status == ("correct" if expected else "incorrect")
 
@@ -277,7 +278,7 @@ def test_identical_answers_take_the_fast_path_only_where_math_verify_agrees():
     for odd in ("}", "}{", "$", "$$", "\\boxed{", "\\text{}"):
         assert not plain(odd, odd)
         assert v.fast_verdict(odd, odd) is None
-        assert not v.verify(odd, odd).correct
+        assert not vs.verify(odd, odd).correct
 
 
 def test_surrounding_whitespace_never_changes_math_verify_verdicts():
@@ -287,19 +288,19 @@ def test_surrounding_whitespace_never_changes_math_verify_verdicts():
 
 
 def test_no_answer_and_unparseable_statuses():
-    assert v.verify("25", None) == (False, "no_answer")
-    assert v.verify("25", "") == (False, "no_answer")
-    assert v.verify("25", "\\text{}") == (False, "unparseable")
-    assert v.verify("25", "}{") == (False, "unparseable")
-    assert v.is_correct("\\frac12", "0.5") and not v.is_correct("\\frac12", None)
+    assert vs.verify("25", None) == (False, "no_answer")
+    assert vs.verify("25", "") == (False, "no_answer")
+    assert vs.verify("25", "\\text{}") == (False, "unparseable")
+    assert vs.verify("25", "}{") == (False, "unparseable")
+    assert vs.is_correct("\\frac12", "0.5") and not vs.is_correct("\\frac12", None)
 
 
 def test_hostile_answers_are_cut_at_the_bound():
     golds = ["25"] * len(HOSTILE) + [g for g, _, _ in PAIRS[:20]]
     preds = list(HOSTILE.values()) + [p for _, p, _ in PAIRS[:20]]
-    v.clear_cache()
+    vs.clear_cache()
     started = time.monotonic()
-    verdicts = v.verify_many(golds, preds, processes=2, timeout=1.0)
+    verdicts = vs.verify_many(golds, preds, processes=2, timeout=1.0)
     elapsed = time.monotonic() - started
     for name, verdict in zip(HOSTILE, verdicts, strict=False):
         assert verdict.status in ("timeout", "unparseable") and not verdict.correct, name
@@ -308,13 +309,13 @@ def test_hostile_answers_are_cut_at_the_bound():
         assert verdict.correct is expected
     # each hostile check stops at its 1 s deadline (plus restarting its worker), far short of
     # the minutes plain math-verify spends on them
-    assert elapsed < len(HOSTILE) * (1.0 + v.STARTUP_TIMEOUT)
+    assert elapsed < len(HOSTILE) * (1.0 + vs.STARTUP_TIMEOUT)
 
 
 def test_one_hostile_answer_from_a_thread_is_bounded():
     # math-verify's own timeout (signal.alarm) refuses to work outside the main thread
     with ThreadPoolExecutor(1) as pool:
-        verdict = pool.submit(v.verify, "1", HOSTILE["nested exponents"], 0.5).result()
+        verdict = pool.submit(vs.verify, "1", HOSTILE["nested exponents"], 0.5).result()
     assert verdict == (False, "timeout")
 
 
@@ -323,32 +324,32 @@ def test_verify_many_matches_verify_in_threads_and_processes():
     pairs = PAIRS + PAIRS[::2]  # duplicates
     rng.shuffle(pairs)
     golds, preds = [g for g, _, _ in pairs], [p for _, p, _ in pairs]
-    v.clear_cache()
-    many = v.verify_many([*golds, "1"], [*preds, None], processes=2)
+    vs.clear_cache()
+    many = vs.verify_many([*golds, "1"], [*preds, None], processes=2)
     assert [x.correct for x in many[:-1]] == [e for *_, e in pairs]
     assert many[-1] == v.NO_ANSWER
-    v.clear_cache()
+    vs.clear_cache()
     with ThreadPoolExecutor(4) as pool:
-        one_by_one = list(pool.map(v.verify, golds, preds))
+        one_by_one = list(pool.map(vs.verify, golds, preds))
     assert one_by_one == many[:-1]
 
 
 def test_cache_is_keyed_by_the_normalised_prediction():
-    v.clear_cache()
-    assert v.verify_many(["\\frac{1}{2}"] * 3, ["0.5", " 0.5", "0.5\n"]) == [v.CORRECT] * 3
-    assert list(v._cache) == [("\\frac{1}{2}", "0.5")]
+    vs.clear_cache()
+    assert vs.verify_many(["\\frac{1}{2}"] * 3, ["0.5", " 0.5", "0.5\n"]) == [v.CORRECT] * 3
+    assert list(vs._cache) == [("\\frac{1}{2}", "0.5")]
 
 
 def _worker_pid() -> int:
-    return v._get_pool(1).schedule(os.getpid).result(timeout=v.STARTUP_TIMEOUT)
+    return vs._get_pool(1).schedule(os.getpid).result(timeout=vs.STARTUP_TIMEOUT)
 
 
 def test_a_dead_worker_is_replaced():
-    v.warm_up(1)
+    vs.warm_up(1)
     os.kill(_worker_pid(), signal.SIGKILL)  # dies while idle: pebble then declares its pool broken
     time.sleep(0.5)
-    v.clear_cache()
-    assert v.verify("\\frac{1}{2}", "0.5") == v.CORRECT
+    vs.clear_cache()
+    assert vs.verify("\\frac{1}{2}", "0.5") == v.CORRECT
 
 
 @pytest.mark.parametrize(
@@ -358,32 +359,32 @@ def test_a_dead_worker_is_replaced():
 )
 def test_a_worker_that_dies_in_a_check(sig, expected):
     # SIGXCPU is what RLIMIT_CPU sends a worker stuck in C code past its budget
-    v.shutdown()
-    v.warm_up(1)
+    vs.shutdown()
+    vs.warm_up(1)
     pid = _worker_pid()
-    future = v._get_pool(1).schedule(v._bounded_check, (*SLOW[0], 60.0))
+    future = vs._get_pool(1).schedule(vs._bounded_check, (*SLOW[0], 60.0))
     while not future.running():
         time.sleep(0.02)
     os.kill(pid, sig)
-    assert v._outcome(future) == expected
-    v.clear_cache()
-    assert v.verify("\\frac{1}{2}", "0.5") == v.CORRECT  # a new worker took its place
+    assert vs._outcome(future) == expected
+    vs.clear_cache()
+    assert vs.verify("\\frac{1}{2}", "0.5") == v.CORRECT  # a new worker took its place
 
 
 def test_status_counts_name_every_status():
-    v.clear_cache()
-    verdicts = v.verify_many(["1", "1", "1"], ["1", None, HOSTILE["huge power"]], timeout=0.5)
+    vs.clear_cache()
+    verdicts = vs.verify_many(["1", "1", "1"], ["1", None, HOSTILE["huge power"]], timeout=0.5)
     assert v.status_counts(verdicts) == {
         "correct": 1, "incorrect": 0, "no_answer": 1, "timeout": 1, "unparseable": 0
     }  # fmt: skip
 
 
 def _timed_slow_checks(budget: float) -> tuple[list, float]:
-    v.shutdown()  # fresh workers: no sympy cache from an earlier run
-    v.clear_cache()
-    v.warm_up(2)
+    vs.shutdown()  # fresh workers: no sympy cache from an earlier run
+    vs.clear_cache()
+    vs.warm_up(2)
     started = time.monotonic()
-    verdicts = v.verify_many([g for g, _ in SLOW], [p for _, p in SLOW], 2, budget)
+    verdicts = vs.verify_many([g for g, _ in SLOW], [p for _, p in SLOW], 2, budget)
     return verdicts, time.monotonic() - started
 
 
@@ -401,7 +402,7 @@ def test_verdicts_do_not_depend_on_machine_load():
         burner.kill()
         burner.wait()
         os.sched_setaffinity(0, cpus)
-        v.shutdown()  # no pinned workers for later tests
+        vs.shutdown()  # no pinned workers for later tests
     assert busy == alone
     # the load was real: a wall-time bound of `budget` seconds would have cut these checks
     assert elapsed > budget
@@ -410,9 +411,9 @@ def test_verdicts_do_not_depend_on_machine_load():
 def test_workers_end_with_their_parent():
     # the parent starts two workers, keeps one busy on a hostile check, and is killed
     code = (
-        "import multiprocessing as mp, threading, time; from confagg import verify as v; "
-        "v.warm_up(2); "
-        f"threading.Thread(target=v.verify, args=('1', {HOSTILE['huge power']!r}, 3.0)).start(); "
+        "import multiprocessing as mp, threading, time; from confagg import verifier as vs; "
+        "vs.warm_up(2); "
+        f"threading.Thread(target=vs.verify, args=('1', {HOSTILE['huge power']!r}, 3.0)).start(); "
         "time.sleep(0.5); "
         "print(*[p.pid for p in mp.active_children() if p.name == 'pebble_pool_worker'], "
         "flush=True); time.sleep(600)"
@@ -443,7 +444,7 @@ def test_answers_are_never_run_as_code(tmp_path):
         f"exec(\"open('{marker}', 'w')\")",
         f"\\text{{{{__import__('os').system('touch {marker}')}}}}",
     ):
-        assert not v.verify("1", pred).correct
+        assert not vs.verify("1", pred).correct
     assert not marker.exists()
 
 

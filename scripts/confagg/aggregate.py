@@ -182,7 +182,7 @@ def run_variants(
     from vllm.lora.request import LoRARequest
 
     from confagg.engine import make_engine, release_engine
-    from confagg.verify import verify_many
+    from confagg.verifier import verify_many
 
     params = SamplingParams(**settings.sampling)
     plan = _engine_plan(model, trained, settings.variants, settings.trained_model)

@@ -26,7 +26,7 @@ from confagg.answers import THINK_END
 from confagg.grouping import group_answers
 from confagg.problems import read_problems
 from confagg.tables import GRADES, SAMPLES, iter_batches, read_table, write_table
-from confagg.verify import DEFAULT_TIMEOUT, verify_many
+from confagg.verifier import DEFAULT_TIMEOUT, answer_equality, verify_many
 
 
 def thinking_closed(path) -> np.ndarray:
@@ -59,7 +59,7 @@ def grade(
             "sample_idx": samples.column("sample_idx"),
             "correct": [v.correct for v in verdicts],
             "status": [v.status for v in verdicts],
-            "answer_group": group_answers(ids, answers, processes, timeout),
+            "answer_group": group_answers(ids, answers, answer_equality(processes, timeout)),
             "unfinished_thinking": np.zeros(len(ids), bool) if closed is None else ~closed,
         },
         schema=GRADES,

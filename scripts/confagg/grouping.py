@@ -10,8 +10,9 @@ Per problem (:func:`group_answers`):
    sample without an answer: group ``-1``.
 2. The distinct normalised answers are taken most frequent first (ties: first seen). Each one
    joins the first existing group whose representative (the group's first answer) the
-   verifier finds equal to it (``confagg.verify``: math-verify with the representative in the
-   gold position, bounded in time; a timed-out or unparseable check counts as "different"), or
+   caller's ``equal`` finds equal to it (the stages pass ``confagg.verifier.answer_equality``:
+   math-verify with the representative in the gold position, bounded in time; a timed-out or
+   unparseable check counts as "different"), or
    starts a new group. So ``\\frac{1}{2}``, ``0.5`` and ``1/2`` form one group whether they are
    right or wrong; the result does not depend on which of them is correct.
 3. Groups are numbered 0, 1, ... per problem in order of their first sample.
@@ -24,7 +25,7 @@ checked once (the verifier's cache).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -71,15 +72,13 @@ class _Problem:
 def group_answers(
     problem_ids: Sequence[str],
     answers: Sequence[str | None],
-    processes: int = 1,
-    timeout: float | None = None,
+    equal: Callable[[Sequence[str], Sequence[str]], Sequence[bool]],
 ) -> np.ndarray:
     """The answer group of each sample (int32, ``NO_GROUP`` = abstains), as the module says.
 
     ``problem_ids`` and ``answers`` run in parallel, one entry per sample, in any order; a
-    group number is only meaningful within its problem."""
-    from confagg.verify import DEFAULT_TIMEOUT, verify_many
-
+    group number is only meaningful within its problem. ``equal(golds, preds)`` says for each
+    pair whether ``preds[i]`` is the same answer as ``golds[i]`` (one call per round)."""
     if len(problem_ids) != len(answers):
         raise ValueError(f"{len(problem_ids)} problem ids but {len(answers)} answers")
     norms = [normalise_answer(a) for a in answers]
@@ -106,13 +105,13 @@ def group_answers(
                 golds.append(p.text[rep])
                 preds.append(p.text[answer])
                 owner.append(i)
-        verdicts = verify_many(golds, preds, processes, timeout or DEFAULT_TIMEOUT)
+        same = equal(golds, preds) if golds else []
         joined: dict[int, int] = {}
         position: dict[int, int] = {}
-        for i, verdict in zip(owner, verdicts, strict=True):
+        for i, is_same in zip(owner, same, strict=True):
             g = position.get(i, 0)
             position[i] = g + 1
-            if verdict.correct and i not in joined:
+            if is_same and i not in joined:
                 joined[i] = g  # the first representative that matches
         for i, (_, p, answer) in enumerate(pending):
             if i in joined:

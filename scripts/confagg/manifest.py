@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from confagg.resume import jsonable
+from confagg.fingerprints import jsonable
 
 PACKAGES = (
     "torch",

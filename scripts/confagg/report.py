@@ -39,7 +39,7 @@ _TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 
 
 def flatten(result: dict) -> pd.DataFrame:
-    """One row per (method, k) of a ``confagg.evaluate.evaluate_benchmark`` result: ``seed,
+    """One row per (method, k) of a ``confagg.scoring.evaluate_benchmark`` result: ``seed,
     method, family, metric, eta, label, k, accuracy, tokens_per_problem, n_sets, same_as``
     (and the online methods' ``tokens_saved_per_problem``, ``traces_per_problem``)."""
     rows = [

@@ -33,8 +33,6 @@ every other metric TRL logs under its own name (``reward_std``, ``entropy``,
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import shutil
@@ -43,8 +41,8 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from confagg.fingerprints import differences, jsonable
 from confagg.tables import atomic_path, write_json
 
 PROCESS_START = time.time()
@@ -125,34 +123,6 @@ def trim_log(path: Path, step: int) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------
 # What a run's checkpoints belong to
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON values (paths and other objects as strings)."""
-    return json.loads(json.dumps(obj, default=str))
-
-
-@functools.lru_cache(maxsize=8)
-def sha256(path: str | Path) -> str:
-    """The content hash of a file (read once per process: the inputs do not change in a run)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def differences(before: Any, now: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, as ``key: old -> new``."""
-    if isinstance(before, dict) and isinstance(now, dict):
-        return [
-            d
-            for k in sorted(set(before) | set(now))
-            for d in differences(before.get(k), now.get(k), f"{prefix}{k}.")
-        ]
-    if before == now:
-        return []
-    return [f"{prefix[:-1]}: {json.dumps(before)} -> {json.dumps(now)}"]
 
 
 def prepare_checkpoints(ckpt_dir: Path, fingerprint: Mapping) -> Path | None:

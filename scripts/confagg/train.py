@@ -8,7 +8,7 @@ Run through accelerate (the rule ``train_aggregator`` does this)::
 
 Each training set (``tables.SETS``) becomes one prompt (``confagg.aggregator_prompt``, the same
 builder evaluation uses); the reward of a completion is 1 when its last ``\\boxed{}`` verifies
-against the set's gold answer (``confagg.verify.is_correct``), else 0; with
+against the set's gold answer (``confagg.verifier.is_correct``), else 0; with
 ``require_think_end`` (thinking mode) a completion that never closes its thinking gets 0.
 
 Rollouts: with ``training.vllm.enabled`` (the default), TRL's vLLM integration in colocate mode
@@ -39,6 +39,7 @@ from typing import Any
 
 from confagg import manifest, settings, trainset
 from confagg.answers import final_answer
+from confagg.fingerprints import sha256
 from confagg.resume import (
     EXIT_STOPPED,
     PROCESS_START,
@@ -49,7 +50,6 @@ from confagg.resume import (
     read_log,
     record_attempt,
     resume_point,
-    sha256,
     step_of,
     write_log,
 )
@@ -172,7 +172,7 @@ class TrainArgs:
 def reward(require_think_end: bool):
     """The GRPO reward: 1.0 when the completion's final answer (its last ``\\boxed{}``; none
     if it never closed its thinking and ``require_think_end``) verifies against gold, else 0."""
-    from confagg.verify import is_correct
+    from confagg.verifier import is_correct
 
     def correct(completions: list[str], gold: list[str], **_: Any) -> list[float]:
         return [

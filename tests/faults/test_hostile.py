@@ -22,9 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from confagg import prepare
+from confagg.check import check_prompts
 from confagg.config import ConfigError, check_consistency, check_model, validate
-from confagg.problems import ProblemFileError, check_prompts, load_file, main, write_problems
-from confagg.sample import PartError, Parts, SampleSettings, fingerprint, parts_dir, sample_shard
+from confagg.parts import PartError, Parts, parts_dir
+from confagg.problems import ProblemFileError, load_file, write_problems
+from confagg.sample import SampleSettings, fingerprint, sample_shard
 from confagg.settings import SettingsError, from_mapping, load
 from confagg.tables import GRADES, SAMPLES, SCORES, load_candidates, read_table, write_table
 from conftest import REPO, snakemake
@@ -219,7 +222,7 @@ def test_hostile_config_stops_the_dry_run(figures, tiny_model, tmp_path, name, c
 
 
 # --------------------------------------------------------------------------------------------
-# problem files and answers (rule prepare_problems: confagg.problems)
+# problem files and answers (rule prepare_problems: confagg.prepare)
 
 OK = '{"id": "a", "problem": "What is 1 + 1?", "answer": "2"}'
 
@@ -345,7 +348,7 @@ def test_a_1mb_problem_is_named_at_preparation(figures, tmp_path, tiny_model):
     src = tmp_path / "src.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "data/set.jsonl"
-    main(["prepare", "--source", json.dumps({"path": str(src)}), str(out)])
+    prepare.main(["--source", json.dumps({"path": str(src)}), str(out)])
     cfg = tiny_config(tiny_model)
     validate(cfg, SCHEMA)
     settings = {

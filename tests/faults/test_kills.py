@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from confagg.parts import Parts
 from confagg.problems import read_problems
-from confagg.sample import Parts
 
 from .conftest import RUN, SAMPLES
 from .harness import Job, clone, differing, keyed_rows, lost_and_duplicated, run_job, strays

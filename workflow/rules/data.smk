@@ -17,7 +17,7 @@ rule prepare_problems:
     localrule: True
     shell:
         # every string :q-quoted: a path or prompt may hold ', ", $, `, \ or a newline
-        "python -m confagg.problems prepare --source {params.source:q} --fields {params.fields:q}"
+        "python -m confagg.prepare --source {params.source:q} --fields {params.fields:q}"
         " --limit {params.limit} {output:q} > {log:q} 2>&1"
 
 
@@ -73,7 +73,7 @@ checkpoint check_problems:
         f"{LOGS}/check_problems/{{dataset}}.log",
     localrule: True
     shell:
-        "HF_HUB_OFFLINE=1 python -m confagg.problems check --problems {input.problems:q}"
+        "HF_HUB_OFFLINE=1 python -m confagg.check --problems {input.problems:q}"
         " --generator {input.generator:q} --aggregator {input.aggregator:q}"
         " --settings {params.settings:q} {output:q} > {log:q} 2>&1"
 

@@ -1,0 +1,207 @@
+"""Check stage (rule ``check_problems``): every problem's prompt within the token budgets, before
+any GPU job; a problem too long is named with its source file, line and id.
+
+    python -m confagg.check --problems FILE --generator DIR --aggregator DIR --settings JSON OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from confagg.problems import ProblemFileError, download_path, load_file, read_problems
+from confagg.tables import write_json
+
+# config.json keys vLLM 0.32 reads a model's context length from: the smallest present, except
+# that model_max_length (Command-R) wins when set
+_MAX_LEN_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "max_target_positions",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+
+
+def model_max_len(model_dir: str | Path) -> int | None:
+    """The context length vLLM gives a model folder when ``max_model_len`` is not set; None
+    when its config.json does not say plainly (rope scaling: then vLLM decides)."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    cfg = cfg.get("text_config") or cfg
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = cfg.get(key) or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            return None
+    if isinstance(cfg.get("model_max_length"), int):
+        return cfg["model_max_length"]
+    values = [cfg[k] for k in _MAX_LEN_KEYS if isinstance(cfg.get(k), int) and cfg[k] > 0]
+    return min(values) if values else None
+
+
+def source_locations(source: Mapping, fields: Mapping | None, out: Path):
+    """``locate(index, problem id)``: where a normalised problem sits in the configured source
+    (``file.jsonl:12``, ``file.parquet row 3``, ``dataset[split] row 3``), so that a message
+    sends the user to the right line; None when that cannot be told cheaply (generated
+    problems, a source changed since)."""
+    if "path" in source or "url" in source:
+        path = (
+            Path(source["path"])
+            if "path" in source
+            else download_path(source["url"], out.with_name(out.stem + ".download"))
+        )
+        locations: list[str] = []
+        try:
+            problems = load_file(path, fields, locations)
+        except ProblemFileError:
+            return lambda index, pid: None
+        by_id = {p["id"]: where for p, where in zip(problems, locations, strict=True)}
+        return lambda index, pid: by_id.get(pid)
+    if "hub" in source:  # the normalised file keeps the hub's rows in order (a limit cuts the end)
+        origin = f"{source['hub']}[{source.get('split', 'test')}]"
+        return lambda index, pid: f"{origin} row {index}"
+    return lambda index, pid: None
+
+
+def _budget(context: int | None, reserved: int | None, context_key: str, reserved_key: str):
+    """(tokens a prompt may have, why) given a context length and the tokens kept free."""
+    if context is None:
+        return None, "no context length known"
+    return context - (reserved or 0), f"{context_key} {context} - {reserved_key} {reserved}"
+
+
+def check_prompts(
+    problems_path: str | Path,
+    settings: Mapping,
+    generator: str | Path,
+    aggregator: str | Path,
+    log=print,
+) -> dict:
+    """Every problem's prompt against the token budgets, before any GPU job.
+
+    Solver: the rendered prompt must leave ``sampling.max_tokens`` free in the engine's
+    ``max_model_len`` (else vLLM fails the whole shard). Aggregator: its prompt without the
+    candidate texts (problem, ``set_size`` headers with scores, note, instruction, chat template:
+    what ``aggregator_prompt.render_prompt`` never cuts) must fit ``max_prompt_tokens`` (or,
+    when that is null, the context left after the aggregator's ``max_tokens``). Raises
+    ProblemFileError naming the file, line and id of every problem over a budget; returns the
+    longest prompts and the budgets (the rule writes them as a record).
+    """
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from confagg.aggregator_prompt import count_tokens, render_prompt
+    from confagg.confidence import METRICS
+    from confagg.prompts import render, solver_messages
+
+    problems_path = Path(problems_path)
+    problems = read_problems(problems_path)
+    locate = source_locations(settings["source"], settings.get("fields"), problems_path)
+    solver, agg = settings["solver"], settings["aggregator"]
+
+    hf_logging.set_verbosity_error()  # not "longer than the model's maximum": we say that
+    tok = AutoTokenizer.from_pretrained(str(generator))
+    same = Path(aggregator).resolve() == Path(generator).resolve()
+    agg_tok = tok if same else AutoTokenizer.from_pretrained(str(aggregator))
+    solver_budget, solver_why = _budget(
+        solver["max_model_len"] or model_max_len(generator),
+        solver["max_tokens"],
+        "generator.engine.max_model_len" if solver["max_model_len"] else "the model's context",
+        "sampling.max_tokens",
+    )
+    if agg["prompt"].get("max_prompt_tokens") is not None:
+        agg_budget = agg["prompt"]["max_prompt_tokens"]
+        agg_why = f"aggregator.prompt.max_prompt_tokens {agg_budget}"
+    elif agg["max_tokens"] is not None:  # evaluation: the engine's context minus the answer
+        agg_budget, agg_why = _budget(
+            agg["max_model_len"] or model_max_len(aggregator),
+            agg["max_tokens"],
+            "max_model_len",
+            "evaluation.aggregator_sampling.max_tokens",
+        )
+    else:
+        agg_budget, agg_why = None, "no budget"
+    # confidences shown (the longer prompt); candidate texts reduced to a cut marker
+    agg_cfg = dict(agg["prompt"], max_prompt_tokens=None)
+    agg_cfg["confidence"] = dict(agg_cfg.get("confidence") or {}, enabled=True)
+    placeholders = [
+        {"text": "[... 100000 tokens omitted ...]", **dict.fromkeys(METRICS, 0.5 + i)}
+        for i in range(agg["set_size"])
+    ]
+
+    over: list[str] = []
+    longest = {"solver": (0, None), "aggregator": (0, None)}
+    for line, p in enumerate(problems, start=1):
+        messages = solver_messages(p["problem"], solver["prompt"])
+        counts = {
+            "solver": count_tokens(tok, render(tok, messages, solver["chat_template_kwargs"])),
+            "aggregator": render_prompt(
+                agg_tok, p["problem"], placeholders, agg_cfg, agg["chat_template_kwargs"]
+            ).num_tokens,
+        }
+        for role, n in counts.items():
+            longest[role] = max(longest[role], (n, p["id"]), key=lambda x: x[0])
+        why = []
+        if solver_budget is not None and counts["solver"] > solver_budget:
+            why.append(f"solver prompt {counts['solver']} tokens > {solver_budget} ({solver_why})")
+        if agg_budget is not None and counts["aggregator"] > agg_budget:
+            why.append(
+                f"aggregator prompt without candidate texts ({agg['set_size']} candidates) "
+                f"{counts['aggregator']} tokens > {agg_budget} ({agg_why})"
+            )
+        if why:
+            where = f"{problems_path}:{line}"
+            origin = locate(line - 1, p["id"])
+            where = f"{origin} (normalised: {where})" if origin else where
+            over.append(f"{where}, problem id {p['id']!r}: " + "; ".join(why))
+    if over:
+        shown = over[:10] + ([f"... and {len(over) - 10} more"] if len(over) > 10 else [])
+        raise ProblemFileError(
+            f"{len(over)} of {len(problems)} problems do not fit the token budgets:\n  "
+            + "\n  ".join(shown)
+            + "\nShorten or remove them in the source, or raise the budgets named above."
+        )
+    record = {
+        "problems": len(problems),
+        "solver": {"budget": solver_budget, "why": solver_why},
+        "aggregator": {"budget": agg_budget, "why": agg_why},
+    }
+    for role, (n, pid) in longest.items():
+        record[role].update(longest_tokens=n, longest_id=pid)
+    log(
+        f"{len(problems)} problems fit: longest solver prompt {longest['solver'][0]} tokens "
+        f"(budget {solver_budget}), longest aggregator prompt without candidate texts "
+        f"{longest['aggregator'][0]} tokens (budget {agg_budget})"
+    )
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problems", required=True, help="normalised problem JSONL")
+    ap.add_argument("--generator", required=True, help="the generator's model folder")
+    ap.add_argument("--aggregator", required=True, help="the aggregator's model folder")
+    ap.add_argument("--settings", required=True, help="source, solver, aggregator (JSON)")
+    ap.add_argument("out", help="JSON record of the longest prompts")
+    args = ap.parse_args(argv)
+    record = check_prompts(
+        args.problems, json.loads(args.settings), args.generator, args.aggregator
+    )
+    print(json.dumps(record, indent=2))
+    # the output holds nothing that an aggregator setting changes: the sampling jobs that read
+    # it see the same checksum after such a recheck and are not rerun
+    write_json({k: record[k] for k in ("problems", "solver")}, Path(args.out))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ProblemFileError as e:  # the message names file and line: no traceback needed
+        raise SystemExit(f"error: {e}") from None
