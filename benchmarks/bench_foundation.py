@@ -48,6 +48,7 @@ def bench_sampling(model: str, n_problems: int, n: int, max_tokens: int, chunk: 
             "logprobs": 20,
         },
         "problems_in_flight": chunk,
+        "shards": 1,
         "engine": demo["generator"]["engine"],
         "prompt": demo["prompt"],
         "chat_template_kwargs": {},

@@ -85,6 +85,7 @@ def settings_for(n: int, max_tokens: int, in_flight: int):
                 "logprobs": 20,
             },
             "problems_in_flight": in_flight,
+            "shards": 1,
             "engine": ENGINE,
             "prompt": PROMPT,
             "chat_template_kwargs": {},

@@ -34,7 +34,6 @@ unless ``--keep``. Takes 15-25 minutes on 2 cores (``--quick``: 1/16 only, about
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -188,32 +187,27 @@ def _candidates(work: Path):
     )
 
 
-def _curate_settings() -> tuple[str, int]:
-    """The default config's curation settings, as the rule curate_sets passes them, and the
-    aggregator's prompt budget."""
-    from confagg import curate
+def _settings(rule: str) -> str:
+    """The default config's settings of a rule's stage, as the rule passes them."""
+    from confagg import settings
 
-    config = _default_config()
-    fields = {f.name for f in dataclasses.fields(curate.Settings)}
-    settings = {k: v for k, v in config["curation"].items() if k in fields}
-    return json.dumps(settings), config["aggregator"]["prompt"]["max_prompt_tokens"]
+    return settings.to_json(settings.for_rule(_default_config(), rule))
 
 
 def stage_command(stage: str, work: Path) -> list[str]:
     py = sys.executable
     s, sc, gr = work / "samples.parquet", work / "scores.parquet", work / "grades.parquet"
     if stage == "score":
-        return [py, "-m", "confagg.score", "--window", "2048", "--tail-tokens", "2048", s, sc]
+        return [py, "-m", "confagg.score", "--settings", _settings("score_shard"), s, sc]
     if stage == "grade":
         return [py, "-m", "confagg.grade", "--problems", work / "pool.jsonl", "--processes", "1",
-                "--require-think-end", s, gr]  # fmt: skip
+                "--settings", _settings("grade_shard"), s, gr]  # fmt: skip
     if stage == "curate":
-        settings, budget = _curate_settings()
         return [py, "-m", "confagg.curate", "--problems", work / "pool.jsonl",
                 "--samples", s, "--scores", sc, "--grades", gr,
-                "--benchmarks", work / "bench.jsonl", "--settings", settings,
+                "--benchmarks", work / "bench.jsonl", "--settings", _settings("curate_sets"),
                 "--train", work / "train.parquet", "--val", work / "val.parquet",
-                "--summary", work / "summary.json", "--max-prompt-tokens", str(budget)]  # fmt: skip
+                "--summary", work / "summary.json"]  # fmt: skip
     return [py, __file__, "--stage", stage, "--dir", work]
 
 

@@ -69,6 +69,7 @@ def fabricated_sets(n: int) -> pa.Table:
 def settings(steps: int, vllm: bool, max_completion_length: int) -> str:
     """The --settings JSON of rule train_aggregator for a CPU run of ``steps`` steps."""
     from confagg import config as cfg
+    from confagg.settings import for_rule as settings_for_rule
 
     config = {
         "run_name": "bench",
@@ -90,8 +91,8 @@ def settings(steps: int, vllm: bool, max_completion_length: int) -> str:
         },
     }
     cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
-    config["training"].pop("variants")
-    sections = {k: config[k] for k in ("aggregator", "training")}
+    variant = next(iter(config["training"]["variants"]))
+    sections = settings_for_rule(config, "train_aggregator", variant=variant)
     return json.dumps({**sections, "require_think_end": False})
 
 
@@ -102,7 +103,7 @@ def run(model: Path, sets: Path, out: Path, steps: int, vllm: bool, length: int)
         "--config_file", str(REPO / "config/accelerate/cpu.yaml"), "--num_processes", "1",
         "--num_cpu_threads_per_process", str(os.cpu_count()),
         "-m", "confagg.train", "--train", str(sets), "--model", str(model), "--out", str(out),
-        "--settings", settings(steps, vllm, length), "--seed", "1", "--run_name", "bench",
+        "--settings", settings(steps, vllm, length), "--seed", "1", "--run-name", "bench",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     start = time.perf_counter()

@@ -57,12 +57,22 @@ def test_bad_config_names_the_key(change, message):
         validate(cfg, SCHEMA)
 
 
-def test_snakemake_stops_on_bad_config(workdir):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sampling:\n  temperature: hot\n", "sampling.temperature: 'hot' is not of type 'number'"),
+        (
+            "curation:\n  verify_timeout: 10\n",
+            "curation.verify_timeout: this key moved; set grading.timeout",
+        ),
+    ],
+)
+def test_snakemake_stops_on_bad_config(workdir, text, message):
     bad = workdir / "bad.yaml"
-    bad.write_text("sampling:\n  temperature: hot\n")
+    bad.write_text(text)
     proc = snakemake("-n", "--configfile", str(bad), cwd=workdir, check=False, timeout=120)
     assert proc.returncode != 0
-    assert "sampling.temperature: 'hot' is not of type 'number'" in proc.stdout + proc.stderr
+    assert message in proc.stdout + proc.stderr
 
 
 def test_negative_seed_names_the_key():
@@ -229,3 +239,27 @@ def test_snakemake_stops_on_inconsistent_keys_before_any_job(workdir):
     assert proc.returncode != 0
     assert "evaluation.ks [256] > evaluation.samples_per_problem 128" in out
     assert "MissingInputException" not in out and "Job stats" not in out
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ({"curation": {"verify_timeout": 10}}, "grading.timeout"),
+        ({"curation": {"verify_processes": 2}}, "grading.processes"),
+        ({"curation": {"require_think_end": True}}, "grading.require_think_end"),
+        ({"aggregator": {"prompt": {"confidence": {"enabled": False}}}}, "training.variants"),
+    ],
+)
+def test_moved_keys_stop_the_run_naming_their_new_place(old, new):
+    cfg = full_config()
+    section, value = next(iter(old.items()))
+    merged = copy.deepcopy(cfg[section])
+    # merge the old key into the section as a user's file would carry it
+    target, source = merged, value
+    while isinstance(next(iter(source.values())), dict):
+        key = next(iter(source))
+        target, source = target.setdefault(key, {}), source[key]
+    target.update(source)
+    cfg[section] = merged
+    with pytest.raises(ConfigError, match=rf"this key moved; set {new}"):
+        validate(cfg, SCHEMA)

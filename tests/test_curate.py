@@ -15,24 +15,32 @@ from confagg.confidence import METRICS
 from confagg.config import validate
 from confagg.grouping import group_answers
 from confagg.problems import write_problems
+from confagg.settings import for_rule
 from confagg.tables import GRADES, SAMPLES, SCORES, SETS, load_candidates, read_table, write_table
 from confagg.verifier import answer_equality
 from conftest import REPO
 
 
-def curation(**overrides) -> dict:
-    """The validated config's ``curation`` section (schema defaults + ``overrides``) as the
-    rule curate_sets passes it: without the grading keys (GRADING_KEYS of curate.smk)."""
+def curate_settings(run_seed=0, max_prompt_tokens=None, **overrides) -> dict:
+    """The rule curate_sets's settings for a config with these ``curation`` keys (schema
+    defaults for the others), as ``confagg.settings.for_rule`` makes them."""
     config = {
         "run_name": "t",
+        "seed": run_seed,
         "generator": {"model": "smollm2-135m-instruct"},
         "training_pool": {"source": {"demo": {"n": 1, "seed": 0}}},
         "benchmarks": {"b": {"source": {"demo": {"n": 1, "seed": 0}}}},
         "curation": overrides,
+        "aggregator": {"prompt": {"max_prompt_tokens": max_prompt_tokens}},
     }
     validate(config, REPO / "workflow/schemas/config.schema.yaml")
-    grading = ("verify_timeout", "verify_processes", "require_think_end")
-    return {k: v for k, v in config["curation"].items() if k not in grading}
+    return for_rule(config, "curate_sets")
+
+
+def curation(**overrides) -> dict:
+    """The validated config's ``curation`` section (schema defaults + ``overrides``), its seed
+    resolved as the rule's settings resolve it."""
+    return curate_settings(**overrides)["curation"]
 
 
 def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
@@ -117,7 +125,7 @@ def run(tmp_path, pool_paths, settings=None, benchmarks=(), run_seed=0):
     c.main(
         ["--problems", str(tmp_path / "pool.jsonl"), "--samples", *samples, "--scores", *scores,
          "--grades", *grades, "--benchmarks", *map(str, benchmarks),
-         "--settings", json.dumps(curation(**(settings or {}))), "--run-seed", str(run_seed),
+         "--settings", json.dumps(curate_settings(run_seed, **(settings or {}))),
          "--train", str(out / "train.parquet"), "--val", str(out / "val.parquet"),
          "--summary", str(out / "summary.json")]
     )  # fmt: skip

@@ -8,7 +8,7 @@ import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from test_curate import curation, make_pool, run
+from test_curate import curate_settings, make_pool, run
 
 from confagg import curate as c
 from confagg.aggregator_prompt import render_prompt
@@ -66,9 +66,10 @@ def test_texts_longer_than_the_prompt_budget_are_cut_as_prompts_cut_them(tmp_pat
     out = tmp_path / "cut"
     c.main(
         ["--problems", str(tmp_path / "pool.jsonl"), "--samples", *samples, "--scores", *scores,
-         "--grades", *grades, "--settings", json.dumps(curation(set_size=4, easy_ratio=1.0)),
+         "--grades", *grades,
+         "--settings", json.dumps(curate_settings(0, budget, set_size=4, easy_ratio=1.0)),
          "--train", str(out / "train.parquet"), "--val", str(out / "val.parquet"),
-         "--summary", str(out / "summary.json"), "--max-prompt-tokens", str(budget)]
+         "--summary", str(out / "summary.json")]
     )  # fmt: skip
     cut_sets = read_table(out / "train.parquet", SETS).to_pylist()
     cut_sets += read_table(out / "val.parquet", SETS).to_pylist()

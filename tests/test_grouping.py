@@ -104,9 +104,10 @@ def _shard(tmp_path):
 
 def test_grade_unfinished_thinking_has_no_answer_and_dot_does_not_crash(tmp_path):
     samples, problems = _shard(tmp_path)
-    for flag, name in (([], "plain"), (["--require-think-end"], "think")):
+    for think, name in ((False, "plain"), (True, "think")):
         out = tmp_path / f"{name}.parquet"
-        grade.main(["--problems", str(problems), *flag, str(samples), str(out)])
+        settings = json.dumps({"timeout": 5.0, "require_think_end": think})
+        grade.main(["--problems", str(problems), "--settings", settings, str(samples), str(out)])
         rows = read_table(out, GRADES).to_pylist()
         assert [r["status"] for r in rows][2:] == ["unparseable", "incorrect"]
         assert rows[2]["answer_group"] == -1  # "." abstains
@@ -124,15 +125,18 @@ def test_evaluate_stage_counts_unfinished_thinking(tmp_path):
     from confagg import evaluate, score
 
     samples, problems = _shard(tmp_path)
-    score.main(["--window", "2", "--tail-tokens", "2", str(samples), str(tmp_path / "s.parquet")])
+    scoring = json.dumps({"window": 2, "tail_tokens": 2})
+    score.main(["--settings", scoring, str(samples), str(tmp_path / "s.parquet")])
     grades = tmp_path / "g.parquet"
-    grade.main(["--problems", str(problems), "--require-think-end", str(samples), str(grades)])
+    grading = json.dumps({"timeout": 5.0, "require_think_end": True})
+    grade.main(["--problems", str(problems), "--settings", grading, str(samples), str(grades)])
     settings = {"ks": [1, 2, 4], "window": 2,
                 "online": {"warmup": 2, "etas": [10, 90], "consensus": 0.95}}  # fmt: skip
     out = tmp_path / "eval"
     evaluate.main(["--samples", str(samples), "--scores", str(tmp_path / "s.parquet"),
                    "--grades", str(grades), "--settings", json.dumps(settings), "--seed", "0",
-                   str(out)])  # fmt: skip
+                   "--metrics", str(out / "metrics.json"),
+                   "--candidates", str(out / "candidates.parquet")])  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sample_counts"] == {"no_answer": 2, "unfinished_thinking": 1, "truncated": 1}
     assert metrics["answered"] == 0.5

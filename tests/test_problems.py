@@ -194,7 +194,8 @@ def _prepare(tmp_path, rows, name="src.jsonl"):
     src = tmp_path / name
     src.write_text("\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "data" / "set.jsonl"
-    prepare.main(["--source", json.dumps({"path": str(src)}), str(out)])
+    settings = {"source": {"path": str(src)}, "fields": {}, "limit": None}
+    prepare.main(["--settings", json.dumps(settings), str(out)])
     return src, out
 
 

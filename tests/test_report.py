@@ -13,6 +13,8 @@ from confagg.report import build_report, build_summary
 from confagg.scoring import Online, evaluate_benchmark, in_memory_spend
 from confagg.tables import EVAL_CANDIDATES, write_json, write_table
 
+REPORT_FILES = {"html": "report.html", "metrics": "metrics.json", "summary": "summary.md"}
+
 
 def _seed_dir(tmp_path, seed: int):
     """metrics.json + candidates.parquet of one seed: 3 problems x 8 samples, an aggregator."""
@@ -59,7 +61,10 @@ def test_report_separates_the_oracle_and_marks_identical_methods(tmp_path):
         {"id": "q8", "matches": ["other:b2"], "how": "exact", "ngram": None},
     ]}))  # fmt: skip
     out = tmp_path / "report"
-    build_report("bench", dirs, out, curation)
+    out.mkdir()
+    seeds = [(d / "metrics.json", d / "candidates.parquet") for d in dirs]
+    outputs = {n: out / f for n, f in REPORT_FILES.items()}
+    build_report("bench", seeds, outputs, curation)
     md = (out / "summary.md").read_text()
     equal_cost, oracle = md.split("Oracle")
     assert "| pass@k |" in oracle and "| pass@k |" not in equal_cost

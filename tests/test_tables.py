@@ -275,3 +275,19 @@ def test_read_table_columns_reads_only_those(tmp_path):
     assert part.column("answer").to_pylist() == table.column("answer").to_pylist()
     with pytest.raises(ValueError, match=r"\['tokens'\] are not in the samples table"):
         read_table(tmp_path / "s.parquet", SAMPLES, ["tokens"])
+
+
+def test_files_get_the_umask_permissions_and_importing_changes_no_umask(tmp_path):
+    """Written files get 0o666 & ~umask (mkstemp makes 0600), and importing the tables module
+    leaves the process umask alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; os.umask(0o027); import pyarrow as pa; "
+        "from confagg import tables; assert os.umask(0o027) == 0o027; "
+        "tables.write_json({'a': 1}, sys.argv[1])"
+    )
+    out = tmp_path / "x.json"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
+    assert out.stat().st_mode & 0o777 == 0o640

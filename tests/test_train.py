@@ -29,7 +29,7 @@ from confagg.resume import (
     read_log,
     trim_log,
 )
-from confagg.settings import SettingsError, from_mapping, to_dict
+from confagg.settings import SettingsError, for_rule, from_mapping, to_dict
 from confagg.tables import SETS, write_table
 from confagg.train import Settings, Training, grpo_config, plan, reward
 from conftest import BIN, REPO, snakemake
@@ -98,21 +98,22 @@ def validated(**sections) -> dict:
         **copy.deepcopy(sections),  # validation fills defaults in place: keep callers' dicts
     }
     cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
-    config["training"].pop("variants", None)  # the rule passes one variant's settings
-    return {k: config[k] for k in ("aggregator", "training")} | {"require_think_end": False}
+    # the rule's settings for one variant; these tests' texts never think
+    variant = next(iter(config["training"]["variants"]))
+    return for_rule(config, "train_aggregator", variant=variant) | {"require_think_end": False}
 
 
 def test_settings_take_schema_defaults_and_name_bad_keys():
     settings = from_mapping(Settings, validated(training={"beta": 0.01, "lora": {"r": 8}}))
     training = settings.training
-    assert training.beta == 0.01 and to_dict(training.lora) == {
+    assert training.grpo["beta"] == 0.01 and to_dict(training.lora) == {
         "r": 8,
         "alpha": 32,
         "dropout": 0.1,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     }
-    assert (training.num_generations, training.temperature) == (8, 1.5)
-    assert training.learning_rate == 5e-5 and training.num_train_epochs == 1
+    assert (training.grpo["num_generations"], training.grpo["temperature"]) == (8, 1.5)
+    assert training.grpo["learning_rate"] == 5e-5 and training.grpo["num_train_epochs"] == 1
     assert settings.aggregator.prompt["confidence"]["enabled"] is True
     with pytest.raises(ConfigError, match=r"training\.lora"):
         validated(training={"lora": {"rank": 8}})
@@ -148,13 +149,10 @@ def test_grpo_config_takes_training_keys_by_name(tmp_path):
     assert args.vllm_max_model_length == 16384 + 16384  # prompt budget + completion limit
     assert args.output_dir == str(tmp_path / "checkpoints") and args.seed == 5
 
-    # a key added to the schema (and to Training) that is no GRPOConfig field and that the
-    # trainer does not read would be ignored silently: it stops the run instead
-    @dataclasses.dataclass(frozen=True)
-    class WithStray(Training):
-        warmup_ratioo: float = 0.1
-
-    stray = dataclasses.replace(s, training=WithStray(**vars(s.training)))
+    # a key added to the schema that is no GRPOConfig field and that the trainer does not read
+    # would be ignored silently: it stops the run instead
+    grpo = {**s.training.grpo, "warmup_ratioo": 0.1}
+    stray = dataclasses.replace(s, training=dataclasses.replace(s.training, grpo=grpo))
     with pytest.raises(SettingsError, match=r"training: \['warmup_ratioo'\]"):
         grpo_config(stray, tmp_path, seed=5, run_name="r")
 
@@ -252,14 +250,14 @@ def test_reward_is_one_only_for_a_verified_final_box():
         "<think>maybe \\boxed{42}</think> no, it is \\boxed{41}",
         "forty-two",
     ]
-    assert reward(False)(completions, ["42"] * 4) == [1.0, 1.0, 0.0, 0.0]
+    assert reward(False, 5.0)(completions, ["42"] * 4) == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_reward_in_thinking_mode_is_zero_for_thinking_that_never_ended():
     finished = "<think>it is 42</think> so \\boxed{42}"
     cut = "<think>it is \\boxed{42}, let me check that again"  # stopped by max_completion_length
-    assert reward(True)([finished, cut], ["42", "42"]) == [1.0, 0.0]
-    assert reward(False)([finished, cut], ["42", "42"]) == [1.0, 1.0]
+    assert reward(True, 5.0)([finished, cut], ["42", "42"]) == [1.0, 0.0]
+    assert reward(False, 5.0)([finished, cut], ["42", "42"]) == [1.0, 1.0]
 
 
 def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):
@@ -384,9 +382,9 @@ def _launch(train: Path, model: Path, out: Path, settings: str, processes: int =
         settings,
         "--seed",
         "3",
-        "--run_name",
+        "--run-name",
         "test",
-        "--runtime_min",
+        "--runtime-min",
         "600",
     ]
 

@@ -26,6 +26,8 @@ from confagg.problems import write_problems
 from confagg.tables import GRADES, SAMPLES, read_table, write_table
 from conftest import SHARED_DATA
 
+GRADING = '{"timeout": 5.0, "require_think_end": false}'  # the grade stage's --settings
+
 # (gold, prediction, verdict). The verdict is what a grader should say, and what plain
 # math-verify says: the last block lists math-verify's known misses, kept as it decides them.
 PAIRS = [
@@ -473,7 +475,7 @@ def test_grade_cli_writes_a_grades_table(tmp_path):
     out = tmp_path / "grades.parquet"
     proc = subprocess.run(
         [sys.executable, "-m", "confagg.grade", "--problems", str(tmp_path / "problems.jsonl"),
-         "--processes", "1", str(tmp_path / "shard0.parquet"), str(out)],
+         "--processes", "1", "--settings", GRADING, str(tmp_path / "shard0.parquet"), str(out)],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -494,7 +496,7 @@ def test_grade_cli_writes_a_grades_table(tmp_path):
     write_problems([{"id": "a", "problem": "?", "answer": "25"}], tmp_path / "only_a.jsonl")
     proc = subprocess.run(
         [sys.executable, "-m", "confagg.grade", "--problems", str(tmp_path / "only_a.jsonl"),
-         str(tmp_path / "shard0.parquet"), str(tmp_path / "bad.parquet")],
+         "--settings", GRADING, str(tmp_path / "shard0.parquet"), str(tmp_path / "bad.parquet")],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert proc.returncode != 0 and "shard0.parquet" in proc.stderr and "'b'" in proc.stderr

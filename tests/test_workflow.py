@@ -58,7 +58,8 @@ def tiny_config(model, **overrides) -> dict:
             "deepconf_online": {"warmup": 2},  # online at k = 4
         },
         # 3 samples per problem: one disjoint set of 2 (sets x size <= samples, checked at start)
-        "curation": {"sets_per_problem": 1, "set_size": 2, "verify_processes": 1},
+        "curation": {"sets_per_problem": 1, "set_size": 2},
+        "grading": {"processes": 1},
         "aggregator": {"prompt": {"max_prompt_tokens": 480}},
         "training": {
             "gpus": 0,

@@ -47,22 +47,23 @@ class Variant:
     name: str
     trained: str | None  # the training run (a key of training.variants); None: the base model
     confidence: bool  # confidences shown in the prompt
+    prompt: dict  # aggregator.prompt with that choice made (confagg.aggregator_prompt reads it)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What the rule aggregate_sets passes (common.smk: aggregate_settings)."""
+    """What the rule aggregate_sets passes (``confagg.settings.for_rule``)."""
 
     set_size: int
     variants: tuple[Variant, ...]
     # vllm.SamplingParams keywords: evaluation.aggregator_sampling, n = outputs_per_set
     sampling: dict
     engine: dict  # keyword arguments of vllm.LLM (generator.engine)
-    prompt: dict  # aggregator.prompt (confagg.aggregator_prompt)
     chat_template_kwargs: dict
     lora_rank: int  # training.lora.r: the engine's max LoRA rank must hold it
     trained_model: str  # "lora" | "merged"
     require_think_end: bool  # a completion without </think> has no answer
+    verify_timeout: float  # grading.timeout: CPU seconds per math-verify check
     seed: int
 
 
@@ -127,15 +128,13 @@ def _variant_rows(llm, variant, sets, problems, settings, params, loras, rows) -
     """Generate one variant's completions for every set and append them to ``rows``."""
     from confagg.aggregator_prompt import render_prompt
 
-    prompt_cfg = dict(settings.prompt)
-    prompt_cfg["confidence"] = dict(prompt_cfg.get("confidence") or {}, enabled=variant.confidence)
     tokenizer = llm.get_tokenizer()
     rendered = [
         render_prompt(
             tokenizer,
             problems[pid]["problem"],
             cands,
-            prompt_cfg,
+            variant.prompt,
             settings.chat_template_kwargs,
         )
         for pid, _, cands in sets
@@ -205,7 +204,7 @@ def run_variants(
             for variant in group:
                 _variant_rows(llm, variant, sets, problems, settings, params, loras, rows)
             golds = [problems[pid]["answer"] for pid in rows["problem_id"]]
-            verdicts = verify_many(golds, rows["answer"], processes=processes)
+            verdicts = verify_many(golds, rows["answer"], processes, settings.verify_timeout)
             rows["correct"] = [v.correct for v in verdicts]
             rows["status"] = [v.status for v in verdicts]
             writer.write(pa.table(rows, schema=AGG_OUTPUTS))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confagg.answers import after_think
+from confagg.prompts import render
 
 SCALES = ("raw", "rank", "minmax")
 
@@ -152,12 +153,6 @@ def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text=text)["input_ids"])
 
 
-def _apply_template(tokenizer, messages, chat_template_kwargs: Mapping) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **dict(chat_template_kwargs)
-    )
-
-
 def _largest_cap(lengths: Sequence[int], need: int, marker_tokens: int) -> int | None:
     """The largest cap ``L`` such that cutting every text longer than ``L`` down to ``L`` tokens
     (plus a marker each) saves at least ``need`` tokens; None when even ``L = 0`` does not.
@@ -209,7 +204,7 @@ def render_prompt(
 
     def build(cut_texts: Sequence[str]) -> tuple[str, int]:
         cands = [{**c, "text": t} for c, t in zip(candidates, cut_texts, strict=True)]
-        text = _apply_template(tokenizer, aggregator_messages(problem, cands, cfg), kwargs)
+        text = render(tokenizer, aggregator_messages(problem, cands, cfg), kwargs)
         return text, count_tokens(tokenizer, text)
 
     text, n = build(texts)

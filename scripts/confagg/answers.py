@@ -12,6 +12,14 @@ import re
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 THINK_END = "</think>"
+_LATEX_SPACING = re.compile(r"\\(?:left|right|displaystyle|[,;:! ])|\s+")
+
+
+def latex_skeleton(text: str) -> str:
+    """``text`` without whitespace and LaTeX's spacing and sizing commands (``\\,``, ``\\!``,
+    ``\\left``, ``\\right``, ``\\displaystyle``), ``\\dfrac`` and ``\\tfrac`` read as
+    ``\\frac``: the one LaTeX normaliser behind answer grouping and problem matching."""
+    return _LATEX_SPACING.sub("", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
 
 
 def after_think(text: str) -> str:

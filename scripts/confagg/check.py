@@ -9,10 +9,40 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from confagg.problems import ProblemFileError, download_path, load_file, read_problems
+from confagg.settings import from_mapping, load
 from confagg.tables import write_json
+
+
+@dataclass(frozen=True)
+class Solver:
+    prompt: dict  # the config's prompt section
+    chat_template_kwargs: dict
+    max_model_len: int | None  # generator.engine.max_model_len (None: the model's context)
+    max_tokens: int  # sampling.max_tokens
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    prompt: dict  # aggregator.prompt, confidences shown (the longer prompt)
+    chat_template_kwargs: dict
+    set_size: int  # candidates per prompt
+    max_model_len: int | None  # the engine at evaluation (None: training, no engine budget)
+    max_tokens: int | None  # the aggregator's answer at evaluation (None: training)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the rule check_problems passes (``confagg.settings.for_rule``)."""
+
+    source: dict  # the data set's configured source (to name its lines)
+    fields: dict
+    solver: Solver
+    aggregator: Aggregator
+
 
 # config.json keys vLLM 0.32 reads a model's context length from: the smallest present, except
 # that model_max_length (Command-R) wins when set
@@ -79,7 +109,7 @@ def _budget(context: int | None, reserved: int | None, context_key: str, reserve
 
 def check_prompts(
     problems_path: str | Path,
-    settings: Mapping,
+    settings: Settings | Mapping,
     generator: str | Path,
     aggregator: str | Path,
     log=print,
@@ -103,47 +133,48 @@ def check_prompts(
 
     problems_path = Path(problems_path)
     problems = read_problems(problems_path)
-    locate = source_locations(settings["source"], settings.get("fields"), problems_path)
-    solver, agg = settings["solver"], settings["aggregator"]
+    if isinstance(settings, Mapping):
+        settings = from_mapping(Settings, settings)
+    locate = source_locations(settings.source, settings.fields, problems_path)
+    solver, agg = settings.solver, settings.aggregator
 
     hf_logging.set_verbosity_error()  # not "longer than the model's maximum": we say that
     tok = AutoTokenizer.from_pretrained(str(generator))
     same = Path(aggregator).resolve() == Path(generator).resolve()
     agg_tok = tok if same else AutoTokenizer.from_pretrained(str(aggregator))
     solver_budget, solver_why = _budget(
-        solver["max_model_len"] or model_max_len(generator),
-        solver["max_tokens"],
-        "generator.engine.max_model_len" if solver["max_model_len"] else "the model's context",
+        solver.max_model_len or model_max_len(generator),
+        solver.max_tokens,
+        "generator.engine.max_model_len" if solver.max_model_len else "the model's context",
         "sampling.max_tokens",
     )
-    if agg["prompt"].get("max_prompt_tokens") is not None:
-        agg_budget = agg["prompt"]["max_prompt_tokens"]
+    if agg.prompt.get("max_prompt_tokens") is not None:
+        agg_budget = agg.prompt["max_prompt_tokens"]
         agg_why = f"aggregator.prompt.max_prompt_tokens {agg_budget}"
-    elif agg["max_tokens"] is not None:  # evaluation: the engine's context minus the answer
+    elif agg.max_tokens is not None:  # evaluation: the engine's context minus the answer
         agg_budget, agg_why = _budget(
-            agg["max_model_len"] or model_max_len(aggregator),
-            agg["max_tokens"],
+            agg.max_model_len or model_max_len(aggregator),
+            agg.max_tokens,
             "max_model_len",
             "evaluation.aggregator_sampling.max_tokens",
         )
     else:
         agg_budget, agg_why = None, "no budget"
-    # confidences shown (the longer prompt); candidate texts reduced to a cut marker
-    agg_cfg = dict(agg["prompt"], max_prompt_tokens=None)
-    agg_cfg["confidence"] = dict(agg_cfg.get("confidence") or {}, enabled=True)
+    # candidate texts reduced to a cut marker
+    agg_cfg = dict(agg.prompt, max_prompt_tokens=None)
     placeholders = [
         {"text": "[... 100000 tokens omitted ...]", **dict.fromkeys(METRICS, 0.5 + i)}
-        for i in range(agg["set_size"])
+        for i in range(agg.set_size)
     ]
 
     over: list[str] = []
     longest = {"solver": (0, None), "aggregator": (0, None)}
     for line, p in enumerate(problems, start=1):
-        messages = solver_messages(p["problem"], solver["prompt"])
+        messages = solver_messages(p["problem"], solver.prompt)
         counts = {
-            "solver": count_tokens(tok, render(tok, messages, solver["chat_template_kwargs"])),
+            "solver": count_tokens(tok, render(tok, messages, solver.chat_template_kwargs)),
             "aggregator": render_prompt(
-                agg_tok, p["problem"], placeholders, agg_cfg, agg["chat_template_kwargs"]
+                agg_tok, p["problem"], placeholders, agg_cfg, agg.chat_template_kwargs
             ).num_tokens,
         }
         for role, n in counts.items():
@@ -153,7 +184,7 @@ def check_prompts(
             why.append(f"solver prompt {counts['solver']} tokens > {solver_budget} ({solver_why})")
         if agg_budget is not None and counts["aggregator"] > agg_budget:
             why.append(
-                f"aggregator prompt without candidate texts ({agg['set_size']} candidates) "
+                f"aggregator prompt without candidate texts ({agg.set_size} candidates) "
                 f"{counts['aggregator']} tokens > {agg_budget} ({agg_why})"
             )
         if why:
@@ -192,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out", help="JSON record of the longest prompts")
     args = ap.parse_args(argv)
     record = check_prompts(
-        args.problems, json.loads(args.settings), args.generator, args.aggregator
+        args.problems, load(Settings, args.settings), args.generator, args.aggregator
     )
     print(json.dumps(record, indent=2))
     # the output holds nothing that an aggregator setting changes: the sampling jobs that read

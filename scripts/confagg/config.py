@@ -43,10 +43,36 @@ def _fill_defaults(instance, schema: dict, root: dict) -> None:
                 _fill_defaults(value, extra, root)
 
 
+# Keys that moved or went: a config that still sets one stops at start, naming its new place.
+MOVED_KEYS = {
+    ("curation", "verify_timeout"): "grading.timeout",
+    ("curation", "verify_processes"): "grading.processes",
+    ("curation", "require_think_end"): "grading.require_think_end",
+    ("aggregator", "prompt", "confidence", "enabled"): (
+        "training.variants.<name>.confidence and evaluation.aggregators[].confidence (each "
+        "variant says whether its prompt shows the confidences)"
+    ),
+}
+
+
+def _moved(config: Mapping) -> list[str]:
+    problems = []
+    for path, new in MOVED_KEYS.items():
+        section = config
+        for key in path[:-1]:
+            section = section.get(key) if isinstance(section, Mapping) else None
+        if isinstance(section, Mapping) and path[-1] in section:
+            problems.append(f"{_key(path)}: this key moved; set {new} instead")
+    return problems
+
+
 def validate(config: MutableMapping, schema_path: str | Path) -> None:
     """Fill defaults into ``config`` and validate it; raise ConfigError naming every bad key."""
     import jsonschema
 
+    moved = _moved(config)
+    if moved:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(moved))
     schema = yaml.safe_load(Path(schema_path).read_text())
     _fill_defaults(config, schema, schema)
     validator = jsonschema.Draft202012Validator(schema)

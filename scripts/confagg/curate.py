@@ -64,7 +64,7 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,7 @@ import pandas as pd
 import pyarrow as pa
 
 from confagg.aggregator_prompt import MARKER
+from confagg.answers import latex_skeleton
 from confagg.confidence import METRICS
 from confagg.methods import disjoint_sets, majority_top
 from confagg.problems import read_problems
@@ -99,7 +100,7 @@ SETS_ROW_GROUP_BYTES = 8 << 20
 
 @dataclass(frozen=True)
 class Settings:
-    """The config's ``curation`` section without the verifier's keys (the rule curate_sets)."""
+    """The config's ``curation`` section, its seed resolved (``confagg.settings.for_rule``)."""
 
     sets_per_problem: int
     set_size: int
@@ -109,13 +110,15 @@ class Settings:
     drop_truncated: bool
     set_sampling: str  # "disjoint" | "overlapping"
     decontamination_ngram: int | None  # null: exact matches only
-    seed: int | None  # null: derived from the run seed (:func:`with_seed`)
+    seed: int  # the config's, or derived from the run seed when that is null
 
-    def with_seed(self, run_seed: int) -> Settings:
-        """These settings with a null seed derived from the run seed."""
-        if self.seed is not None:
-            return self
-        return replace(self, seed=derive_seed(run_seed, "curate"))
+
+@dataclass(frozen=True)
+class CurateSettings:
+    """What the rule curate_sets passes (``confagg.settings.for_rule``)."""
+
+    curation: Settings
+    max_prompt_tokens: int | None  # aggregator.prompt.max_prompt_tokens: longer texts are cut
 
 
 @dataclass
@@ -145,15 +148,11 @@ def cut_to_budget(text: str, chars_per_token: float, budget: int | None, cuts: C
 
 # ------------------------------------------------------------------- contamination
 
-_SPACING = re.compile(r"\\(?:left|right|displaystyle|[,;:! ])|\$|\s+")
-
 
 def problem_key(text: str) -> str:
     """A problem's text normalised for matching: NFKC, case-folded, without whitespace, ``$``,
     LaTeX spacing and sizing commands; ``\\dfrac``/``\\tfrac`` read as ``\\frac``."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return _SPACING.sub("", text)
+    return latex_skeleton(unicodedata.normalize("NFKC", text).casefold()).replace("$", "")
 
 
 _WORD = re.compile(r"\w+")
@@ -468,20 +467,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scores", nargs="+", required=True, help="scores shards, same order")
     ap.add_argument("--grades", nargs="+", required=True, help="grades shards, same order")
     ap.add_argument("--benchmarks", nargs="*", default=[], help="benchmark problem JSONLs")
-    ap.add_argument("--settings", required=True, help="JSON, see the rule curate_sets")
-    ap.add_argument("--run-seed", type=int, default=0, help="derives the seed when it is null")
+    ap.add_argument("--settings", required=True, help="JSON: curation, max_prompt_tokens")
     ap.add_argument("--train", required=True, help="training sets (parquet) to write")
     ap.add_argument("--val", required=True, help="validation sets (parquet) to write")
     ap.add_argument("--summary", required=True, help="summary (JSON) to write")
-    ap.add_argument(
-        "--max-prompt-tokens",
-        type=int,
-        default=None,
-        help="the aggregator's prompt budget: longer candidate texts are cut (module docstring)",
-    )
     args = ap.parse_args(argv)
 
-    settings = load(Settings, args.settings).with_seed(args.run_seed)
+    stage = load(CurateSettings, args.settings)
+    settings = stage.curation
     problems = read_problems(args.problems)
     benchmarks = {Path(b).stem: read_problems(b) for b in args.benchmarks}
     pool = load_candidates(args.samples, args.scores, args.grades)
@@ -493,10 +486,10 @@ def main(argv: list[str] | None = None) -> None:
         usable,
         {p["id"]: i for i, p in enumerate(problems)},
         CandidateTexts(args.samples),
-        args.max_prompt_tokens,
+        stage.max_prompt_tokens,
     )
     summary["samples"]["cut_to_prompt_budget"] = {
-        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_prompt_tokens": stage.max_prompt_tokens,
         "texts": cuts.texts,
         "tokens_removed": cuts.tokens,
     }

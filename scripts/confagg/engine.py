@@ -1,4 +1,5 @@
-"""The vLLM engine as every stage uses it: sampling, the aggregator runs and training.
+"""The vLLM engine as the sampling and aggregation stages use it (training's rollouts run in
+TRL's own colocated vLLM: ``confagg.colocate``).
 
 One place decides how an engine starts (in-process on CPU), how it is torn down so that a
 second one can start in the same process, how the config's ``sampling`` section becomes vLLM's

@@ -2,7 +2,8 @@
 one benchmark x seed.
 
     python -m confagg.evaluate --samples S... --scores S... --grades G... \\
-        [--aggregator aggregators.parquet] --settings JSON --seed N OUT_DIR
+        [--aggregator aggregators.parquet] --settings JSON --seed N \\
+        --metrics metrics.json --candidates candidates.parquet
 
 reads the candidates (samples, scores, grades, no texts) and the aggregator outputs, scores them
 (:func:`confagg.scoring.evaluate_benchmark`: the methods, the sets and the conventions) and
@@ -41,8 +42,8 @@ from confagg.tables import (
 
 @dataclass(frozen=True)
 class Settings:
-    """What the rule evaluate_seed passes: ``evaluation.ks``, ``confidence.window`` and
-    ``evaluation.deepconf_online``."""
+    """What the rule evaluate_seed passes (``confagg.settings.for_rule``): ``evaluation.ks``,
+    ``confidence.window`` and ``evaluation.deepconf_online``."""
 
     ks: tuple[int, ...]
     window: int
@@ -80,9 +81,11 @@ def evaluate_seed(
     aggregator: str | None,
     settings: Settings,
     seed: int,
-    out_dir: Path,
+    metrics_out: Path,
+    candidates_out: Path,
 ) -> dict:
-    """metrics.json + candidates.parquet for one benchmark x seed (returns the metrics)."""
+    """The metrics (JSON) and the candidates' table of one benchmark x seed (returns the
+    metrics)."""
     df = load_candidates(samples, scores, grades)
     # every column but the completions' texts, which no metric reads
     columns = [c for c in AGG_OUTPUTS.names if c != "text"]
@@ -110,10 +113,9 @@ def evaluate_seed(
             }
             for name, g in agg.groupby("method")
         }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, out_dir / "metrics.json")
+    write_json(result, metrics_out)
     table = pa.Table.from_pandas(df[EVAL_CANDIDATES.names], preserve_index=False)
-    write_table(table, out_dir / "candidates.parquet", EVAL_CANDIDATES)
+    write_table(table, candidates_out, EVAL_CANDIDATES)
     return result
 
 
@@ -125,15 +127,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--aggregator", default=None, help="the aggregator outputs (parquet)")
     ap.add_argument("--settings", required=True, help="JSON, see the rule evaluate_seed")
     ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
+    ap.add_argument("--candidates", type=Path, required=True, help="candidates table to write")
     args = ap.parse_args(argv)
     settings = load(Settings, args.settings)
     result = evaluate_seed(
-        args.samples, args.scores, args.grades, args.aggregator, settings, args.seed, args.out_dir
+        args.samples,
+        args.scores,
+        args.grades,
+        args.aggregator,
+        settings,
+        args.seed,
+        args.metrics,
+        args.candidates,
     )
     print(
         f"{result['n_problems']} problems, {result['n_samples']} samples, "
-        f"{len(result['methods'])} methods -> {args.out_dir}",
+        f"{len(result['methods'])} methods -> {args.metrics}, {args.candidates}",
         file=sys.stderr,
     )
 

@@ -1,14 +1,14 @@
 """Grade one samples shard: every sample's answer against its problem's gold answer.
 
     python -m confagg.grade --problems results/<run>/data/<dataset>.jsonl --processes N \\
-        SAMPLES_SHARD OUT
+        --settings JSON SAMPLES_SHARD OUT
 
 Writes a ``tables.GRADES`` table (problem_id, sample_idx, correct, status, answer_group,
-unfinished_thinking) in the samples' row order. Verdicts come from ``confagg.verify``
+unfinished_thinking) in the samples' row order. Verdicts come from ``confagg.verifier``
 (math-verify, bounded time per check); a timed-out or unparseable answer is a row with
 ``correct=False`` and its status, never a crash.
 ``answer_group`` groups each problem's answers with one another, never with the gold answer
-(``confagg.grouping``). With ``--require-think-end`` (thinking mode), a sample whose text never
+(``confagg.grouping``). With ``require_think_end`` (thinking mode), a sample whose text never
 closes its thinking (no ``</think>``) has no answer: status ``no_answer``, group -1.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +26,18 @@ import pyarrow.compute as pc
 from confagg.answers import THINK_END
 from confagg.grouping import group_answers
 from confagg.problems import read_problems
+from confagg.settings import load
 from confagg.tables import GRADES, SAMPLES, iter_batches, read_table, write_table
 from confagg.verifier import DEFAULT_TIMEOUT, answer_equality, verify_many
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the rule grade_shard passes (``confagg.settings.for_rule``: the config's
+    ``grading`` section, the worker count aside: that is the job's threads)."""
+
+    timeout: float  # CPU seconds per math-verify check
+    require_think_end: bool  # a text that never closes its thinking has no answer
 
 
 def thinking_closed(path) -> np.ndarray:
@@ -70,18 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", required=True, help="the data set's problems JSONL")
     ap.add_argument("--processes", type=int, default=1, help="math-verify worker processes")
-    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="CPU seconds per check")
-    ap.add_argument(
-        "--require-think-end", action="store_true", help="unfinished thinking has no answer"
-    )
+    ap.add_argument("--settings", required=True, help="JSON: timeout, require_think_end")
     ap.add_argument("samples", help="a samples shard (parquet)")
     ap.add_argument("out", help="the grades table to write (parquet)")
     args = ap.parse_args(argv)
+    settings = load(Settings, args.settings)
     gold = {p["id"]: p["answer"] for p in read_problems(args.problems)}
     samples = read_table(args.samples, SAMPLES, ["problem_id", "sample_idx", "answer"])
     try:
-        closed = thinking_closed(args.samples) if args.require_think_end else None
-        grades = grade(samples, gold, args.processes, args.timeout, closed)
+        closed = thinking_closed(args.samples) if settings.require_think_end else None
+        grades = grade(samples, gold, args.processes, settings.timeout, closed)
     except KeyError as e:
         raise SystemExit(f"{args.samples}: {e.args[0]} (problems: {args.problems})") from None
     write_table(grades, args.out, GRADES)

@@ -29,9 +29,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from confagg.answers import latex_skeleton
+
 NO_GROUP = -1
 
-_LATEX_NOISE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+")
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\{([^{}]*)\}")
 _INTEGER = re.compile(r"[+-]?\d+(?:\.0*)?")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+")
@@ -50,7 +51,7 @@ def normalise_answer(answer: str | None) -> str | None:
         return None
     s = str(answer).strip().rstrip(".").strip().strip("$")
     s = _TEXT_WRAP.sub(r"\1", s)
-    s = _LATEX_NOISE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = latex_skeleton(s)
     s = s.rstrip(".")
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from confagg.fingerprints import differences
-from confagg.tables import SAMPLES, WRITE_OPTIONS, TableWriter
+from confagg.tables import SAMPLES, WRITE_OPTIONS, TableWriter, file_mode
 
 _META_KEY = b"confagg.sample"  # the settings fingerprint, in each part's and the output's schema
 
@@ -74,9 +74,7 @@ def _seal(tmp: Path) -> None:
     makes 0600), before it is linked or renamed to its name."""
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, file_mode())
 
 
 def _write_parquet(table: pa.Table, tmp: Path, schema: pa.Schema, row_group_rows: int) -> None:

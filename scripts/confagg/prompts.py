@@ -1,4 +1,5 @@
-"""Prompts for sampling candidate solutions (the aggregator's prompt joins later)."""
+"""Prompts for sampling candidate solutions, and the chat template applied to any prompt (the
+aggregator's own prompt is built in ``confagg.aggregator_prompt``)."""
 
 from __future__ import annotations
 

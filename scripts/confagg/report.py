@@ -23,7 +23,7 @@ import io
 import json
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -448,14 +448,16 @@ def _contamination(benchmark: str, curation: Path | None) -> str:
 
 
 def build_report(
-    benchmark: str, seed_dirs: Sequence[Path], out_dir: Path, curation: Path | None = None
+    benchmark: str,
+    seeds: Sequence[tuple[Path, Path]],
+    out: Mapping[str, Path],
+    curation: Path | None = None,
 ) -> None:
-    """report.html, metrics.json and summary.md of one benchmark from its seeds (and the
-    curation summary, for the contamination it found)."""
-    results = [json.loads((d / "metrics.json").read_text()) for d in seed_dirs]
-    candidates = pd.concat(
-        [read_table(d / "candidates.parquet", EVAL_CANDIDATES).to_pandas() for d in seed_dirs]
-    )
+    """One benchmark's report from its seeds (``(metrics.json, candidates table)`` each) and
+    the curation summary (for the contamination it found): ``out["html"]`` (the page),
+    ``out["metrics"]`` (every number of it) and ``out["summary"]`` (a markdown table)."""
+    results = [json.loads(Path(m).read_text()) for m, _ in seeds]
+    candidates = pd.concat([read_table(c, EVAL_CANDIDATES).to_pandas() for _, c in seeds])
     summary = seed_summary(results)
     per_seed = pd.concat([flatten(r) for r in results], ignore_index=True)
     pass1 = np.array([r["pass@1"] for r in results], dtype=float)
@@ -477,10 +479,9 @@ def build_report(
         "summary": json.loads(summary.to_json(orient="records")),
         "per_seed": results,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(metrics, out_dir / "metrics.json")
+    write_json(metrics, out["metrics"])
     md = summary_markdown(benchmark, summary, pass1_stats, len(results))
-    with atomic_path(out_dir / "summary.md") as tmp:
+    with atomic_path(out["summary"]) as tmp:
         tmp.write_text(md)
 
     plots = _plots(summary, per_seed, candidates, benchmark)
@@ -505,7 +506,7 @@ def build_report(
             for name, data in plots.items()
         ),
     )
-    with atomic_path(out_dir / "report.html") as tmp:
+    with atomic_path(out["html"]) as tmp:
         tmp.write_text(page)
 
 
@@ -559,15 +560,24 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("benchmark", help="one benchmark's report from its seeds")
     b.add_argument("--name", required=True)
-    b.add_argument("seed_dirs", nargs="+", type=Path)
-    b.add_argument("--out-dir", type=Path, required=True)
+    b.add_argument("--metrics", nargs="+", type=Path, required=True, help="each seed's metrics")
+    b.add_argument(
+        "--candidates", nargs="+", type=Path, required=True, help="each seed's candidates table"
+    )
     b.add_argument("--curation", type=Path, default=None, help="curated/summary.json")
+    b.add_argument("--html", type=Path, required=True, help="report.html to write")
+    b.add_argument("--metrics-out", type=Path, required=True, help="metrics.json to write")
+    b.add_argument("--summary-out", type=Path, required=True, help="summary.md to write")
     t = sub.add_parser("summary", help="one table across benchmarks")
     t.add_argument("metrics", nargs="+", type=Path)
     t.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.cmd == "benchmark":
-        build_report(args.name, args.seed_dirs, args.out_dir, args.curation)
+        if len(args.metrics) != len(args.candidates):
+            ap.error(f"{len(args.metrics)} --metrics but {len(args.candidates)} --candidates")
+        outputs = {"html": args.html, "metrics": args.metrics_out, "summary": args.summary_out}
+        seeds = list(zip(args.metrics, args.candidates, strict=True))
+        build_report(args.name, seeds, outputs, args.curation)
     else:
         build_summary(args.metrics, args.out)
 

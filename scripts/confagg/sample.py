@@ -60,10 +60,11 @@ class Sampling:
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """What the stage reads from the config (``sample_settings`` in workflow/rules/common.smk)."""
+    """What the rule sample_shard passes (``confagg.settings.for_rule``)."""
 
     sampling: Sampling
     problems_in_flight: int
+    shards: int  # the data set's shard count (training_pool or evaluation .shards)
     engine: dict
     prompt: dict
     chat_template_kwargs: dict
@@ -193,18 +194,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--problems", required=True, help="normalised problem JSONL")
     ap.add_argument("--dataset", required=True, help="data set name (part of the seed)")
     ap.add_argument("--shard", type=int, required=True)
-    ap.add_argument("--shards", type=int, required=True)
     ap.add_argument("--seed", type=int, required=True, help="run or evaluation seed")
     ap.add_argument("--model", required=True, help="model folder")
     ap.add_argument(
         "--settings",
         required=True,
-        help="JSON: sampling, problems_in_flight, engine, prompt, chat_template_kwargs",
+        help="JSON: sampling, problems_in_flight, shards, engine, prompt, chat_template_kwargs",
     )
     ap.add_argument("out")
     args = ap.parse_args(argv)
     settings = from_mapping(SampleSettings, json.loads(args.settings))
-    problems = shard_of(read_problems(args.problems), args.shard, args.shards)
+    problems = shard_of(read_problems(args.problems), args.shard, settings.shards)
     seed = derive_seed(args.seed, args.dataset, args.shard)
     try:
         sample_shard(

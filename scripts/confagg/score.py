@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from confagg.confidence import METRICS, trace_metrics
+from confagg.settings import load
 from confagg.tables import SAMPLES, SCORES, TableWriter, flat_confidence, iter_batches
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the rule score_shard passes (``confagg.settings.for_rule``): the config's
+    ``confidence`` section."""
+
+    window: int  # group window in tokens
+    tail_tokens: int  # the tail metric's last tokens
 
 
 def score_table(samples: pa.Table, window: int, tail_tokens: int) -> pa.Table:
@@ -34,12 +45,12 @@ def score_file(samples: str, out: str, window: int, tail_tokens: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Score the samples of one shard.")
-    ap.add_argument("--window", type=int, required=True, help="group window in tokens")
-    ap.add_argument("--tail-tokens", type=int, required=True)
+    ap.add_argument("--settings", required=True, help="JSON: window, tail_tokens")
     ap.add_argument("samples")
     ap.add_argument("out")
     args = ap.parse_args(argv)
-    rows = score_file(args.samples, args.out, args.window, args.tail_tokens)
+    settings = load(Settings, args.settings)
+    rows = score_file(args.samples, args.out, settings.window, settings.tail_tokens)
     print(f"scored {rows} samples -> {args.out}", file=sys.stderr)
 
 

@@ -9,6 +9,7 @@ so it raises naming the key rather than guessing.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
@@ -45,8 +46,11 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "settings")
 
 
 def _build(hint: Any, value: Any, where: str) -> Any:
-    """A field's value: a nested dataclass, a tuple of them (``tuple[X, ...]``), or as given."""
+    """A field's value: a nested dataclass (built by its ``from_section`` where it has one:
+    a section it splits itself), a tuple of them (``tuple[X, ...]``), or as given."""
     if dataclasses.is_dataclass(hint):
+        if hasattr(hint, "from_section"):
+            return hint.from_section(value, where)
         return from_mapping(hint, value, where)
     args = typing.get_args(hint)
     if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -64,3 +68,181 @@ def load(cls: type[T], text: str) -> T:
 def to_dict(settings: Any) -> dict:
     """The plain-dict form of a settings object (for manifests and fingerprints)."""
     return dataclasses.asdict(settings)
+
+
+# --------------------------------------------------------------------------------------------
+# The one translation from the validated config to each rule's settings. Every rule file passes
+# ``to_json(for_rule(config, "<rule>", **wildcards))`` as its stage's ``--settings``; the stage
+# builds its typed settings from it with ``load``. Nothing else maps config keys onto stages.
+
+POOL = "train_pool"  # the data set name of the training pool in paths and wildcards
+
+
+def dataset_section(config: Mapping, dataset: str) -> Mapping:
+    """The config section describing a data set (the training pool or a benchmark)."""
+    return config["training_pool"] if dataset == POOL else config["benchmarks"][dataset]
+
+
+def samples_per_problem(config: Mapping, dataset: str) -> int:
+    return config["training_pool" if dataset == POOL else "evaluation"]["samples_per_problem"]
+
+
+def num_shards(config: Mapping, dataset: str) -> int:
+    return config["training_pool" if dataset == POOL else "evaluation"]["shards"]
+
+
+def think_end_required(config: Mapping, role: str) -> bool:
+    """Whether a text of ``role`` ("generator" or "aggregator") without ``</think>`` has no
+    answer: grading.require_think_end, or when null the role's chat-template thinking mode."""
+    value = config["grading"]["require_think_end"]
+    if value is None:
+        return bool(config[role]["chat_template_kwargs"].get("enable_thinking", False))
+    return bool(value)
+
+
+def aggregator_prompt(config: Mapping, confidence: bool) -> dict:
+    """The aggregator's prompt section for a variant that shows the candidates' confidences or
+    not (the one place that decides it: training.variants, evaluation.aggregators)."""
+    prompt = copy.deepcopy(dict(config["aggregator"]["prompt"]))
+    prompt["confidence"] = dict(prompt.get("confidence") or {}, enabled=bool(confidence))
+    return prompt
+
+
+def _prepare_problems(config: Mapping, dataset: str) -> dict:
+    section = dataset_section(config, dataset)
+    return {
+        "source": section["source"],
+        "fields": section.get("fields") or {},
+        "limit": section.get("limit"),
+    }
+
+
+def _check_problems(config: Mapping, dataset: str) -> dict:
+    pool = dataset == POOL
+    engine = config["generator"]["engine"]
+    section = dataset_section(config, dataset)
+    return {
+        "source": section["source"],
+        "fields": section.get("fields") or {},
+        "solver": {
+            "prompt": config["prompt"],
+            "chat_template_kwargs": config["generator"]["chat_template_kwargs"],
+            "max_model_len": engine.get("max_model_len"),
+            "max_tokens": config["sampling"]["max_tokens"],
+        },
+        "aggregator": {
+            # confidences shown: the longer of the two prompts
+            "prompt": aggregator_prompt(config, confidence=True),
+            "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
+            # training reads curated sets of the pool; evaluation reads benchmark sets on the
+            # generator's engine settings
+            "set_size": config["curation" if pool else "evaluation"]["set_size"],
+            "max_model_len": None if pool else engine.get("max_model_len"),
+            "max_tokens": (
+                None if pool else config["evaluation"]["aggregator_sampling"]["max_tokens"]
+            ),
+        },
+    }
+
+
+def _sample_shard(config: Mapping, dataset: str, **_) -> dict:
+    sampling = dict(config["sampling"], n=samples_per_problem(config, dataset))
+    return {
+        "sampling": {k: v for k, v in sampling.items() if k != "problems_in_flight"},
+        "problems_in_flight": sampling["problems_in_flight"],
+        "shards": num_shards(config, dataset),
+        "engine": config["generator"]["engine"],
+        "prompt": config["prompt"],
+        "chat_template_kwargs": config["generator"]["chat_template_kwargs"],
+    }
+
+
+def _score_shard(config: Mapping, **_) -> dict:
+    return {
+        "window": config["confidence"]["window"],
+        "tail_tokens": config["confidence"]["tail_tokens"],
+    }
+
+
+def _grade_shard(config: Mapping, **_) -> dict:
+    return {
+        "timeout": config["grading"]["timeout"],
+        "require_think_end": think_end_required(config, "generator"),
+    }
+
+
+def _curate_sets(config: Mapping) -> dict:
+    from confagg.seeds import derive_seed
+
+    curation = dict(config["curation"])
+    if curation["seed"] is None:
+        curation["seed"] = derive_seed(config["seed"], "curate")
+    return {
+        "curation": curation,
+        # candidate texts longer than the aggregator's prompt budget are cut (confagg.curate)
+        "max_prompt_tokens": config["aggregator"]["prompt"]["max_prompt_tokens"],
+    }
+
+
+def _train_aggregator(config: Mapping, variant: str) -> dict:
+    confidence = config["training"]["variants"][variant]["confidence"]
+    aggregator = dict(config["aggregator"], prompt=aggregator_prompt(config, confidence))
+    return {
+        "aggregator": aggregator,
+        "training": {k: v for k, v in config["training"].items() if k != "variants"},
+        "require_think_end": think_end_required(config, "aggregator"),
+        "verify_timeout": config["grading"]["timeout"],
+    }
+
+
+def _aggregate_sets(config: Mapping, benchmark: str, seed: str | int) -> dict:
+    from confagg.seeds import derive_seed
+
+    ev = config["evaluation"]
+    return {
+        "set_size": ev["set_size"],
+        "variants": [
+            dict(v, prompt=aggregator_prompt(config, v["confidence"])) for v in ev["aggregators"]
+        ],
+        "sampling": dict(ev["aggregator_sampling"], n=ev["outputs_per_set"]),
+        "engine": config["generator"]["engine"],
+        "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
+        "lora_rank": config["training"]["lora"]["r"],
+        "trained_model": ev["trained_model"],
+        "require_think_end": think_end_required(config, "aggregator"),
+        "verify_timeout": config["grading"]["timeout"],
+        "seed": derive_seed(config["seed"], "aggregate", benchmark, seed),
+    }
+
+
+def _evaluate_seed(config: Mapping, **_) -> dict:
+    return {
+        "ks": config["evaluation"]["ks"],
+        "window": config["confidence"]["window"],
+        "online": config["evaluation"]["deepconf_online"],
+    }
+
+
+RULES = {
+    "prepare_problems": _prepare_problems,
+    "check_problems": _check_problems,
+    "sample_shard": _sample_shard,
+    "score_shard": _score_shard,
+    "grade_shard": _grade_shard,
+    "curate_sets": _curate_sets,
+    "train_aggregator": _train_aggregator,
+    "aggregate_sets": _aggregate_sets,
+    "evaluate_seed": _evaluate_seed,
+}
+
+
+def for_rule(config: Mapping, rule: str, **wildcards: Any) -> dict:
+    """The settings of ``rule``'s stage from the validated config (``wildcards``: the job's,
+    those the rule's settings depend on)."""
+    return RULES[rule](config, **wildcards)
+
+
+def to_json(settings: Mapping) -> str:
+    """The ``--settings`` argument (sorted keys: the same config gives the same string, so
+    Snakemake reruns a job only when its settings change)."""
+    return json.dumps(settings, sort_keys=True)

@@ -143,8 +143,19 @@ ROW_GROUP_BYTES = 32 << 20
 READ_BATCH_BYTES = 8 << 20
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def file_mode() -> int:
+    """The permissions a new file gets under the process's umask (``0o666 & ~umask``), for the
+    temporaries that mkstemp makes 0600. The umask is read from /proc where it can be, since
+    reading it with ``os.umask`` means setting it for a moment, for every thread."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _remove_leftovers(folder: Path, pattern: str) -> None:
@@ -173,7 +184,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

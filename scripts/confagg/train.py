@@ -8,7 +8,7 @@ Run through accelerate (the rule ``train_aggregator`` does this)::
 
 Each training set (``tables.SETS``) becomes one prompt (``confagg.aggregator_prompt``, the same
 builder evaluation uses); the reward of a completion is 1 when its last ``\\boxed{}`` verifies
-against the set's gold answer (``confagg.verifier.is_correct``), else 0; with
+against the set's gold answer (``confagg.verifier``, ``grading.timeout``), else 0; with
 ``require_think_end`` (thinking mode) a completion that never closes its thinking gets 0.
 
 Rollouts: with ``training.vllm.enabled`` (the default), TRL's vLLM integration in colocate mode
@@ -17,9 +17,10 @@ generates them, on GPU and on CPU alike (on the CPU build with the adjustments o
 which path ran.
 
 The settings are the config's ``aggregator`` and ``training`` sections as the Snakefile
-validated them (defaults filled in from the schema, the only home of defaults). The keys of
-``training`` that are ``GRPOConfig`` fields pass to TRL by name (``training.vllm.<key>`` as
-``vllm_<key>``); the others are read here (:data:`OWN_KEYS`).
+validated them (defaults filled in from the schema, the only home of defaults). The settings
+name only the keys the project reads itself (:data:`OWN_KEYS`); every other key of ``training``
+is a ``GRPOConfig`` field of the same name (``training.vllm.<key>`` as ``vllm_<key>``), kept in
+``Training.grpo`` and handed to TRL by name, as TRL's own scripts do.
 
 Checkpoints, resumption and the job's time limit: ``confagg.resume``. Outputs, written only
 when training is complete: ``<out>/adapter/`` (the LoRA adapter and tokenizer, renamed into
@@ -88,11 +89,8 @@ class Lora:
 
 @dataclass(frozen=True)
 class Vllm:
-    enabled: bool
-    gpu_memory_utilization: float
-    enable_sleep_mode: bool
-    kv_cache_memory_bytes: int | None
-    importance_sampling_correction: bool
+    enabled: bool  # GRPOConfig use_vllm
+    kv_cache_memory_bytes: int | None  # the CPU build's KV cache (confagg.colocate)
 
 
 @dataclass(frozen=True)
@@ -105,29 +103,36 @@ class Wandb:
 
 @dataclass(frozen=True)
 class Training:
+    """The config's ``training`` section (its ``variants`` aside): the keys the project reads
+    itself, and in ``grpo`` every other key, a ``GRPOConfig`` field of the same name
+    (``training.vllm.<key>`` as ``vllm_<key>``)."""
+
     gpus: int
-    learning_rate: float
-    lr_scheduler_type: str
-    num_train_epochs: float
-    max_steps: int | None
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    num_generations: int
-    temperature: float
-    top_p: float
-    max_completion_length: int
-    beta: float
-    loss_type: str
-    gradient_checkpointing: bool
-    bf16: bool | None
     lora: Lora
     vllm: Vllm
-    save_steps: int
-    save_total_limit: int | None
     stop_margin_min: float
-    eval_steps: int | None
     eval_sets: int
     wandb: Wandb
+    grpo: dict
+
+    @classmethod
+    def from_section(cls, section: dict, where: str = "training") -> Training:
+        """The settings of a training section (how ``settings.from_mapping`` builds them)."""
+        own = {k: v for k, v in section.items() if k in OWN_KEYS}
+        vllm = dict(section.get("vllm") or {})
+        own["vllm"] = {k: v for k, v in vllm.items() if k in OWN_VLLM_KEYS}
+        grpo = {k: v for k, v in section.items() if k not in OWN_KEYS}
+        grpo.update({f"vllm_{k}": v for k, v in vllm.items() if k not in OWN_VLLM_KEYS})
+        return settings.from_mapping(cls, {**own, "grpo": grpo}, where)
+
+    def section(self) -> dict:
+        """Back to the config's shape (manifests and fingerprints speak the config's keys)."""
+        plain = settings.to_dict(self)
+        grpo = plain.pop("grpo")
+        vllm = {k[5:]: v for k, v in grpo.items() if k.startswith("vllm_")}
+        plain.update({k: v for k, v in grpo.items() if not k.startswith("vllm_")})
+        plain["vllm"] = {**plain["vllm"], **vllm}
+        return plain
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class Settings:
     aggregator: Aggregator
     training: Training
     require_think_end: bool  # a completion that never closes its thinking has no answer
+    verify_timeout: float  # grading.timeout: CPU seconds per math-verify check of the reward
 
 
 @dataclass
@@ -169,16 +175,14 @@ class TrainArgs:
 # Data (confagg.trainset) and reward
 
 
-def reward(require_think_end: bool):
+def reward(require_think_end: bool, timeout: float):
     """The GRPO reward: 1.0 when the completion's final answer (its last ``\\boxed{}``; none
     if it never closed its thinking and ``require_think_end``) verifies against gold, else 0."""
-    from confagg.verifier import is_correct
+    from confagg.verifier import verify_many
 
     def correct(completions: list[str], gold: list[str], **_: Any) -> list[float]:
-        return [
-            1.0 if is_correct(answer, final_answer(text, require_think_end)) else 0.0
-            for text, answer in zip(completions, gold, strict=True)
-        ]
+        answers = [final_answer(text, require_think_end) for text in completions]
+        return [1.0 if v.correct else 0.0 for v in verify_many(gold, answers, 1, timeout)]
 
     return correct  # TRL logs it as rewards/correct
 
@@ -214,19 +218,18 @@ def plan(num_sets: int, training: Training, processes: int) -> Plan:
     """The :class:`Plan` of ``num_sets`` training sets under ``training``."""
     import math
 
-    completions = (
-        processes * training.per_device_train_batch_size * training.gradient_accumulation_steps
-    )
-    sets_per_step = completions // training.num_generations
+    g = training.grpo
+    completions = processes * g["per_device_train_batch_size"] * g["gradient_accumulation_steps"]
+    sets_per_step = completions // g["num_generations"]
     # TRL's sampler drops the sets of a last incomplete step
     per_epoch = num_sets // sets_per_step
-    if per_epoch == 0 and training.max_steps is None:
+    if per_epoch == 0 and g["max_steps"] is None:
         raise ValueError(
             f"{num_sets} training sets do not fill one optimizer step ({sets_per_step} sets: "
-            f"{completions} completions / training.num_generations {training.num_generations}); "
+            f"{completions} completions / training.num_generations {g['num_generations']}); "
             f"lower training.gradient_accumulation_steps or per_device_train_batch_size"
         )
-    steps = training.max_steps or math.ceil(training.num_train_epochs * per_epoch)
+    steps = g["max_steps"] or math.ceil(g["num_train_epochs"] * per_epoch)
     return Plan(
         sets=num_sets,
         processes=processes,
@@ -234,7 +237,7 @@ def plan(num_sets: int, training: Training, processes: int) -> Plan:
         sets_per_step=sets_per_step,
         steps_per_epoch=per_epoch,
         steps=steps,
-        max_rollout_tokens=steps * completions * training.max_completion_length,
+        max_rollout_tokens=steps * completions * g["max_completion_length"],
     )
 
 
@@ -270,8 +273,9 @@ def plan_main(argv: list[str]) -> int:
     if args.configfile:
         config = yaml.safe_load(Path(args.configfile).read_text())
         validate(config, args.schema)
-        section = {k: v for k, v in config["training"].items() if k != "variants"}
-        training = settings.from_mapping(Training, section, "training")
+        variant = next(iter(config["training"]["variants"]))  # they share the training section
+        section = settings.for_rule(config, "train_aggregator", variant=variant)
+        training = settings.load(Settings, settings.to_json(section)).training
     else:
         training = settings.load(Settings, args.settings).training
     num_sets = pq.ParquetFile(args.train).metadata.num_rows if args.train else args.sets
@@ -285,47 +289,36 @@ def plan_main(argv: list[str]) -> int:
 # Trainer arguments
 
 
-def _by_name(section: dict, fields: set[str], prefix: str, own: dict, where: str) -> dict:
-    """The keys of a config section that are GRPOConfig fields (as ``prefix + key``); a key
-    that is neither such a field nor read by the trainer (``own``) is a bug: it would be
-    silently ignored."""
-    stray = sorted(k for k in section if prefix + k not in fields and k not in own)
-    if stray:
-        raise settings.SettingsError(
-            f"{where}: {stray} are neither GRPOConfig fields (TRL renamed them?) nor keys the "
-            f"trainer reads ({sorted(own)})"
-        )
-    return {prefix + k: v for k, v in section.items() if prefix + k in fields and k not in own}
-
-
 def grpo_config(s: Settings, out: Path, seed: int, run_name: str):
-    """TRL ``GRPOConfig`` from the settings (CPU or GPU chosen here)."""
+    """TRL ``GRPOConfig`` from the settings: every key of ``Training.grpo`` by its name, then
+    the values that the config leaves to the machine or to a null, and those the workflow
+    fixes (CPU or GPU chosen here)."""
     import torch
     from trl import GRPOConfig
 
     fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    training = settings.to_dict(s.training)
+    g = s.training.grpo
+    stray = sorted(k for k in g if k not in fields)
+    if stray:  # a bug, not a user error: the schema admits only keys TRL 1.16 has
+        config_keys = [f"training.vllm.{k[5:]}" if k.startswith("vllm_") else k for k in stray]
+        raise settings.SettingsError(
+            f"training: {config_keys} are neither GRPOConfig fields (TRL renamed them?) nor "
+            f"keys the trainer reads ({sorted(OWN_KEYS)})"
+        )
     cuda = torch.cuda.is_available()
-    bf16 = cuda if s.training.bf16 is None else s.training.bf16
+    bf16 = cuda if g["bf16"] is None else g["bf16"]
     max_prompt = s.aggregator.prompt["max_prompt_tokens"]
-    evaluate = s.training.eval_steps is not None
-    by_name = {
-        **_by_name(training, fields, "", OWN_KEYS, "training"),
-        **_by_name(training["vllm"], fields, "vllm_", OWN_VLLM_KEYS, "training.vllm"),
-    }
-    # values that the config leaves to the machine or to a null, and those the workflow fixes
+    evaluate = g["eval_steps"] is not None
     fixed = dict(
-        max_steps=s.training.max_steps or -1,
+        max_steps=g["max_steps"] or -1,
         bf16=bf16,
         use_cpu=not cuda,
         model_init_kwargs={"dtype": "auto" if bf16 else "float32"},
         use_vllm=s.training.vllm.enabled,
         vllm_mode="colocate",
         # vLLM refuses sleep mode on CPU ("not supported on current platform")
-        vllm_enable_sleep_mode=s.training.vllm.enable_sleep_mode and cuda,
-        vllm_max_model_length=(
-            max_prompt + s.training.max_completion_length if max_prompt else None
-        ),
+        vllm_enable_sleep_mode=g["vllm_enable_sleep_mode"] and cuda,
+        vllm_max_model_length=max_prompt + g["max_completion_length"] if max_prompt else None,
         output_dir=str(out / "checkpoints"),
         run_name=run_name,
         seed=seed,
@@ -333,12 +326,12 @@ def grpo_config(s: Settings, out: Path, seed: int, run_name: str):
         logging_steps=1,
         save_strategy="steps",
         eval_strategy="steps" if evaluate else "no",
-        per_device_eval_batch_size=s.training.num_generations,
+        per_device_eval_batch_size=g["num_generations"],
         report_to=["wandb"] if s.training.wandb.enabled else "none",
         disable_tqdm=True,
         log_completions=False,
     )
-    return GRPOConfig(**(by_name | fixed))
+    return GRPOConfig(**(g | fixed))
 
 
 def setup_wandb(wandb: Wandb, out: Path, run_name: str) -> None:
@@ -363,7 +356,7 @@ def setup_wandb(wandb: Wandb, out: Path, run_name: str) -> None:
 def fingerprint(s: Settings, args: TrainArgs, seed: int, processes: int) -> dict:
     """What the checkpoints belong to: a resume with anything else here is refused."""
     plain = settings.to_dict(s)
-    training = {k: v for k, v in plain["training"].items() if k not in RESUMABLE_CHANGES}
+    training = {k: v for k, v in s.training.section().items() if k not in RESUMABLE_CHANGES}
     return {
         "settings": {**plain, "training": training},
         "seed": seed,
@@ -379,7 +372,7 @@ def load_data(s: Settings, args: TrainArgs, tokenizer, out: Path):
     while the others wait."""
     from accelerate import PartialState
 
-    if s.training.eval_steps is not None and not args.val:
+    if s.training.grpo["eval_steps"] is not None and not args.val:
         raise SystemExit("training.eval_steps is set but no --val sets were given")
     folder = out / "checkpoints"
     aggregator = settings.to_dict(s.aggregator)
@@ -388,7 +381,7 @@ def load_data(s: Settings, args: TrainArgs, tokenizer, out: Path):
         train = trainset.load(
             args.train, tokenizer, aggregator, folder, sha256(args.train), render=render
         )
-        if s.training.eval_steps is None:
+        if s.training.grpo["eval_steps"] is None:
             return train, None
         limit = s.training.eval_sets
         val = trainset.load(
@@ -421,7 +414,7 @@ def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callba
     lora = s.training.lora
     trainer = GRPOTrainer(
         model=args.model,
-        reward_funcs=[reward(s.require_think_end)],
+        reward_funcs=[reward(s.require_think_end, s.verify_timeout)],
         args=config,
         train_dataset=data.dataset(),
         eval_dataset=eval_data.dataset() if eval_data else None,
@@ -447,7 +440,7 @@ def prepare_rollouts(s: Settings, config) -> None:
     if cpu_rollouts(config):
         from confagg import colocate
 
-        if s.training.vllm.enable_sleep_mode:
+        if s.training.grpo["vllm_enable_sleep_mode"]:
             log("training.vllm.enable_sleep_mode: vLLM has no sleep mode on CPU; off")
         colocate.apply(
             dtype="bfloat16" if config.bf16 else "float32",

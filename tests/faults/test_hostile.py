@@ -348,7 +348,8 @@ def test_a_1mb_problem_is_named_at_preparation(figures, tmp_path, tiny_model):
     src = tmp_path / "src.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "data/set.jsonl"
-    prepare.main(["--source", json.dumps({"path": str(src)}), str(out)])
+    settings = {"source": {"path": str(src)}, "fields": {}, "limit": None}
+    prepare.main(["--settings", json.dumps(settings), str(out)])
     cfg = tiny_config(tiny_model)
     validate(cfg, SCHEMA)
     settings = {
@@ -401,6 +402,7 @@ def _sample_settings(n: int = 2) -> SampleSettings:
             "sampling": {"n": n, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0,
                          "max_tokens": 8, "logprobs": 20},
             "problems_in_flight": 2,
+            "shards": 1,
             "engine": {},
             "prompt": {"instruction": "x", "system": None, "example": None},
             "chat_template_kwargs": {},

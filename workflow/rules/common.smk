@@ -2,14 +2,14 @@
 # Only light imports here: a dry-run must not import torch or vllm.
 
 import copy
-import json
 import os
 import sys
 from pathlib import Path
 
 from confagg import config as cfg
+from confagg import settings as rule_settings
 from confagg.config import SMOLLM2, hub_slug, model_kind
-from confagg.seeds import derive_seed
+from confagg.settings import POOL, num_shards, samples_per_problem
 
 # Snakemake 9.27 does not pass --replace-workflow-config on to the jobs it submits to a cluster
 # (they would merge the run's config file over config/config.yaml again): the main process marks
@@ -45,7 +45,6 @@ os.environ.update(
 
 OUT = f"results/{config['run_name']}"
 LOGS = f"logs/{config['run_name']}"
-POOL = "train_pool"  # the data set name of the training pool in paths
 BENCHMARKS = list(config["benchmarks"])
 
 
@@ -56,22 +55,20 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def dataset_config(name):
-    """The config section describing a data set (the training pool or a benchmark)."""
-    return config["training_pool"] if name == POOL else config["benchmarks"][name]
-
-
-def num_shards(dataset):
-    return config["training_pool" if dataset == POOL else "evaluation"]["shards"]
-
-
-def samples_per_problem(dataset):
-    return config["training_pool" if dataset == POOL else "evaluation"]["samples_per_problem"]
-
-
 def seeds(dataset):
     """The pool is sampled once with the run seed; benchmarks once per evaluation seed."""
     return [config["seed"]] if dataset == POOL else config["evaluation"]["seeds"]
+
+
+def stage_settings(rule):
+    """Params function: the ``--settings`` JSON of ``rule``'s stage for a job (the one
+    translation from config to settings, ``confagg.settings.for_rule``)."""
+
+    def settings_json(wildcards):
+        settings = rule_settings.for_rule(config, rule, **dict(wildcards.items()))
+        return rule_settings.to_json(settings)
+
+    return settings_json
 
 
 def model_dir(spec):
@@ -89,7 +86,7 @@ def shard_files(step, dataset):
     return [
         f"{OUT}/{step}/{dataset}/seed{seed}/shard{shard}.parquet"
         for seed in seeds(dataset)
-        for shard in range(num_shards(dataset))
+        for shard in range(num_shards(config, dataset))
     ]
 
 
@@ -97,22 +94,6 @@ def scores_rows(paths):
     """About how many samples some scores tables hold, from their size on disk: four float64
     metrics a row do not compress (20-35 bytes a row), whatever the length of the texts."""
     return sum(os.path.getsize(p) for p in paths) // 20
-
-
-def sample_settings(wildcards):
-    """Everything the sample stage needs from config, as one JSON argument
-    (confagg.sample.SampleSettings)."""
-    sampling = dict(config["sampling"], n=samples_per_problem(wildcards.dataset))
-    return json.dumps(
-        {
-            "sampling": {k: v for k, v in sampling.items() if k != "problems_in_flight"},
-            "problems_in_flight": sampling["problems_in_flight"],
-            "engine": config["generator"]["engine"],
-            "prompt": config["prompt"],
-            "chat_template_kwargs": config["generator"]["chat_template_kwargs"],
-        },
-        sort_keys=True,
-    )
 
 
 def accelerate_args(wildcards, threads, resources):
@@ -128,15 +109,6 @@ def accelerate_args(wildcards, threads, resources):
     return f"--config_file config/accelerate/gpu.yaml --num_processes {gpus}{multi}"
 
 
-def think_end_required(role):
-    """Whether a text of ``role`` ("generator" or "aggregator") without ``</think>`` has no
-    answer: curation.require_think_end, or when null the role's chat-template thinking mode."""
-    value = config["curation"]["require_think_end"]
-    if value is None:
-        return bool(config[role]["chat_template_kwargs"].get("enable_thinking", False))
-    return bool(value)
-
-
 # --- evaluation ---
 
 
@@ -150,25 +122,6 @@ def eval_shards(step):
         ]
 
     return files
-
-
-def aggregate_settings(wildcards):
-    ev = config["evaluation"]
-    return json.dumps(
-        {
-            "set_size": ev["set_size"],
-            "variants": ev["aggregators"],
-            "sampling": dict(ev["aggregator_sampling"], n=ev["outputs_per_set"]),
-            "engine": config["generator"]["engine"],
-            "prompt": config["aggregator"]["prompt"],
-            "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
-            "lora_rank": config["training"]["lora"]["r"],
-            "trained_model": ev["trained_model"],
-            "require_think_end": think_end_required("aggregator"),
-            "seed": derive_seed(config["seed"], "aggregate", wildcards.benchmark, wildcards.seed),
-        },
-        sort_keys=True,
-    )
 
 
 def trained_aggregators():

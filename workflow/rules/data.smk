@@ -7,9 +7,7 @@ rule prepare_problems:
     output:
         f"{OUT}/data/{{dataset}}.jsonl",
     params:
-        source=lambda wc: json.dumps(dataset_config(wc.dataset)["source"]),
-        fields=lambda wc: json.dumps(dataset_config(wc.dataset).get("fields", {})),
-        limit=lambda wc: dataset_config(wc.dataset).get("limit") or 0,
+        settings=stage_settings("prepare_problems"),
     conda:
         "../../envs/cpu.yaml"
     log:
@@ -17,38 +15,7 @@ rule prepare_problems:
     localrule: True
     shell:
         # every string :q-quoted: a path or prompt may hold ', ", $, `, \ or a newline
-        "python -m confagg.prepare --source {params.source:q} --fields {params.fields:q}"
-        " --limit {params.limit} {output:q} > {log:q} 2>&1"
-
-
-def problem_check_settings(wildcards):
-    """What check_problems needs: the source (to name its lines) and both prompts' budgets."""
-    pool = wildcards.dataset == POOL
-    engine = config["generator"]["engine"]
-    return json.dumps(
-        {
-            "source": dataset_config(wildcards.dataset)["source"],
-            "fields": dataset_config(wildcards.dataset).get("fields", {}),
-            "solver": {
-                "prompt": config["prompt"],
-                "chat_template_kwargs": config["generator"]["chat_template_kwargs"],
-                "max_model_len": engine.get("max_model_len"),
-                "max_tokens": config["sampling"]["max_tokens"],
-            },
-            "aggregator": {
-                "prompt": config["aggregator"]["prompt"],
-                "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
-                # training reads curated sets of the pool; evaluation reads benchmark sets on
-                # the generator's engine settings
-                "set_size": config["curation" if pool else "evaluation"]["set_size"],
-                "max_model_len": None if pool else engine.get("max_model_len"),
-                "max_tokens": (
-                    None if pool else config["evaluation"]["aggregator_sampling"]["max_tokens"]
-                ),
-            },
-        },
-        sort_keys=True,
-    )
+        "python -m confagg.prepare --settings {params.settings:q} {output:q} > {log:q} 2>&1"
 
 
 # A checkpoint: Snakemake re-evaluates the jobs that read its output once it has run, so a
@@ -66,7 +33,7 @@ checkpoint check_problems:
     output:
         f"{OUT}/data/{{dataset}}.check.json",
     params:
-        settings=problem_check_settings,
+        settings=stage_settings("check_problems"),
     conda:
         "../../envs/vllm.yaml"
     log:

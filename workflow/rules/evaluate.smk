@@ -16,7 +16,7 @@ rule aggregate_sets:
     output:
         f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
     params:
-        settings=aggregate_settings,
+        settings=stage_settings("aggregate_sets"),
         # --trained <variant>=<adapter or merged model> ...
         trained=lambda wc: " ".join(
             f"--trained {v}={path}" for v, path in trained_aggregators().items()
@@ -50,15 +50,7 @@ rule evaluate_seed:
         metrics=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/metrics.json",
         candidates=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/candidates.parquet",
     params:
-        settings=json.dumps(
-            {
-                "ks": config["evaluation"]["ks"],
-                "window": config["confidence"]["window"],
-                "online": config["evaluation"]["deepconf_online"],
-            },
-            sort_keys=True,
-        ),
-        out_dir=lambda wc, output: os.path.dirname(output.metrics),
+        settings=stage_settings("evaluate_seed"),
     conda:
         "../../envs/cpu.yaml"
     log:
@@ -71,7 +63,8 @@ rule evaluate_seed:
     shell:
         "python -m confagg.evaluate --samples {input.samples} --scores {input.scores}"
         " --grades {input.grades} --aggregator {input.aggregators}"
-        " --settings {params.settings:q} --seed {wildcards.seed} {params.out_dir} > {log} 2>&1"
+        " --settings {params.settings:q} --seed {wildcards.seed} --metrics {output.metrics}"
+        " --candidates {output.candidates} > {log} 2>&1"
 
 
 rule report_benchmark:
@@ -79,6 +72,10 @@ rule report_benchmark:
     input:
         metrics=lambda wc: expand(
             f"{OUT}/eval/{wc.benchmark}/seed{{seed}}/metrics.json",
+            seed=config["evaluation"]["seeds"],
+        ),
+        candidates=lambda wc: expand(
+            f"{OUT}/eval/{wc.benchmark}/seed{{seed}}/candidates.parquet",
             seed=config["evaluation"]["seeds"],
         ),
         # the contamination that curation found (pool problems copying this benchmark's)
@@ -92,9 +89,6 @@ rule report_benchmark:
         ),
         metrics=f"{OUT}/reports/{{benchmark}}/metrics.json",
         summary=f"{OUT}/reports/{{benchmark}}/summary.md",
-    params:
-        seed_dirs=lambda wc, input: [os.path.dirname(f) for f in input.metrics],
-        out_dir=lambda wc, output: os.path.dirname(output.html),
     conda:
         "../../envs/cpu.yaml"
     log:
@@ -106,7 +100,8 @@ rule report_benchmark:
     localrule: True
     shell:
         "python -m confagg.report benchmark --name {wildcards.benchmark}"
-        " --curation {input.curation} --out-dir {params.out_dir} {params.seed_dirs}"
+        " --metrics {input.metrics} --candidates {input.candidates} --curation {input.curation}"
+        " --html {output.html} --metrics-out {output.metrics} --summary-out {output.summary}"
         " > {log} 2>&1"
 
 

@@ -9,23 +9,6 @@ wildcard_constraints:
     variant="|".join(config["training"]["variants"]),
 
 
-def train_settings(wildcards):
-    """The stage's settings JSON for one training variant: the aggregator's prompt shows the
-    candidates' confidences or not (training.variants); everything else is shared."""
-    aggregator = copy.deepcopy(config["aggregator"])
-    confidence = config["training"]["variants"][wildcards.variant]["confidence"]
-    aggregator["prompt"]["confidence"]["enabled"] = confidence
-    training = {k: v for k, v in config["training"].items() if k != "variants"}
-    return json.dumps(
-        {
-            "aggregator": aggregator,
-            "training": training,
-            "require_think_end": think_end_required("aggregator"),
-        },
-        sort_keys=True,
-    )
-
-
 rule train_aggregator:
     """LoRA adapter of one aggregator variant trained with GRPO on the curated training sets
     (the same sets, budget and seed for every variant)."""
@@ -40,7 +23,7 @@ rule train_aggregator:
     params:
         out=lambda wc, output: os.path.dirname(output.log),
         launch=accelerate_args,
-        settings=train_settings,
+        settings=stage_settings("train_aggregator"),
         seed=config["seed"],
         run_name=lambda wc: f"{config['run_name']}-{wc.variant}",
     conda:
@@ -58,8 +41,8 @@ rule train_aggregator:
         # USR1 is ignored by the shell and the launcher (the trainer handles it: save, stop).
         "trap '' USR1; HF_HUB_OFFLINE=1 accelerate launch {params.launch} -m confagg.train"
         " --train {input.train} --val {input.val} --model {input.model:q} --out {params.out}"
-        " --settings {params.settings:q} --seed {params.seed} --run_name {params.run_name}"
-        " --runtime_min {resources.runtime} > {log} 2>&1"
+        " --settings {params.settings:q} --seed {params.seed} --run-name {params.run_name:q}"
+        " --runtime-min {resources.runtime} > {log} 2>&1"
 
 
 rule merge_adapter:
