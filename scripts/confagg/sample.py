@@ -70,7 +70,7 @@ from confagg.problems import read_problems, shard_of
 from confagg.prompts import render, solver_messages
 from confagg.seeds import derive_seed
 from confagg.settings import from_mapping
-from confagg.tables import SAMPLES, WRITE_OPTIONS, TableWriter
+from confagg.tables import READ_OPTIONS, SAMPLES, WRITE_OPTIONS, TableWriter, named_write
 
 _META_KEY = b"confagg.sample"  # the settings fingerprint, in each part's and the output's schema
 _PROGRESS_S = 60.0
@@ -211,7 +211,7 @@ class Parts:
     def _read_part(self, path: Path, n: int, order: Mapping[str, int]):
         """(fingerprint, problem per row group) of a part, or the reason it is damaged."""
         try:
-            with pq.ParquetFile(path) as pf:
+            with pq.ParquetFile(path, **READ_OPTIONS) as pf:
                 stored = _stored_fingerprint(pf.schema_arrow)
                 groups = [
                     pf.read_row_group(i, columns=["problem_id", "sample_idx"])
@@ -264,12 +264,17 @@ class Parts:
     def write(self, table: pa.Table, n: int, fp: Mapping) -> Path:
         """Write finished problems (``n`` rows each, one row group each) as a new part; never
         replaces an existing file."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        tmp = Path(name)
+        with named_write(self.dir):  # a full disk: named, and no part left
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=self.dir)
+            os.close(fd)
+            tmp = Path(name)
+            try:
+                _write_parquet(table, tmp, _schema(fp), n)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         try:
-            _write_parquet(table, tmp, _schema(fp), n)
             while True:
                 path = self.dir / f"part-{self.next:05d}.parquet"
                 self.next += 1
@@ -295,7 +300,7 @@ class Parts:
             for pid in order:
                 path, rg = where[pid]
                 try:
-                    with pq.ParquetFile(path) as pf:
+                    with pq.ParquetFile(path, **READ_OPTIONS) as pf:
                         table = pf.read_row_group(rg).select(SAMPLES.names)
                 except (OSError, pa.ArrowException) as e:
                     raise self._damaged([(path, f"{type(e).__name__}: {e}")]) from None
