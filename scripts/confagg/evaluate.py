@@ -49,6 +49,7 @@ from confagg.tables import (
     AGG_OUTPUTS,
     EVAL_CANDIDATES,
     SAMPLES,
+    OutputSet,
     flat_confidence,
     iter_batches,
     load_candidates,
@@ -504,10 +505,11 @@ def evaluate_seed(
             }
             for name, g in agg.groupby("method")
         }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, out_dir / "metrics.json")
     table = pa.Table.from_pandas(df[EVAL_CANDIDATES.names], preserve_index=False)
-    write_table(table, out_dir / "candidates.parquet", EVAL_CANDIDATES)
+    metrics, candidates = out_dir / "metrics.json", out_dir / "candidates.parquet"
+    with OutputSet([candidates, metrics]) as outputs:  # published together, the metrics last
+        write_table(table, candidates, EVAL_CANDIDATES, outputs)
+        write_json(result, metrics, outputs)
     return result
 
 
