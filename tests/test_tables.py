@@ -275,3 +275,23 @@ def test_read_table_columns_reads_only_those(tmp_path):
     assert part.column("answer").to_pylist() == table.column("answer").to_pylist()
     with pytest.raises(ValueError, match=r"\['tokens'\] are not in the samples table"):
         read_table(tmp_path / "s.parquet", SAMPLES, ["tokens"])
+
+
+def test_table_role_from_the_path_and_files_without_checksums_still_read(tmp_path):
+    from confagg.tables import table_role
+
+    run = tmp_path / "results/r"
+    assert table_role(run / "samples/aime25/seed1/shard0.parquet") == (
+        "samples of aime25 seed 1, shard 0"
+    )
+    assert (
+        table_role(run / "grades/pool/seed0/shard12.parquet") == "grades of pool seed 0, shard 12"
+    )
+    assert table_role(run / "curated/train.parquet") == "curated training sets"
+    assert table_role(run / "eval/aime25/seed2/metrics.json") == "metrics of aime25 seed 2"
+    assert table_role(tmp_path / "x.parquet", SCORES) == "scores table"
+    table = _samples([[1.0, 2.0]] * 4)
+    write_table(table, tmp_path / "new.parquet", SAMPLES)
+    pq.write_table(table, tmp_path / "old.parquet")  # written before the page checksums
+    assert read_table(tmp_path / "old.parquet", SAMPLES).equals(table)
+    assert read_table(tmp_path / "new.parquet", SAMPLES).equals(table)
