@@ -144,8 +144,8 @@ EVAL_CANDIDATES = pa.schema(
 )
 
 # Written with zstd: the confidence arrays compress a little and text a lot. Every page carries
-# a CRC-32 checksum, which every reader verifies (READ_OPTIONS): about 1% more time to write and
-# read a full-size samples shard (benchmarks/bench_scale.py --stage checksum).
+# a CRC-32 checksum, which every reader verifies (READ_OPTIONS): no cost above the noise to write
+# (36 s) or read (15 s) a full-size samples shard (benchmarks/bench_scale.py --checksum).
 WRITE_OPTIONS = {
     "compression": "zstd",
     "use_dictionary": ["problem_id", "finish_reason"],
@@ -204,11 +204,13 @@ def table_role(path: str | os.PathLike, schema: pa.Schema | None = None) -> str:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    raise AssertionError  # unreachable
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def table_error(
@@ -234,10 +236,12 @@ def table_error(
             free = f"{_size(shutil.disk_usage(folder).free)} free on the file system of {folder}"
         except OSError:
             free = f"free space on {folder} unknown"
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        todo = "Free space there (or give the run a larger file system)" if full else (
+            "Check that file system")  # fmt: skip
         return TableError(
             f"{path}: could not write the {role}: {what} ({said}; {free}). Nothing half-written "
-            "is left under that name. Free space there (or give the run a larger file system) "
-            "and run the job again."
+            f"is left under that name. {todo} and run the job again."
         )
     if isinstance(error, FileNotFoundError):
         return TableError(f"{path}: the {role} is missing (no such file): run the job that "
