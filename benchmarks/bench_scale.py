@@ -25,6 +25,14 @@ math-verify workers are not counted, and fast-path answers need none):
 
     .venv/bin/python benchmarks/bench_scale.py [--quick] [--dir /tmp] [--keep]
 
+``--checksum`` measures instead what the Parquet page checksums cost (``tables.WRITE_OPTIONS``
+``write_page_checksum``, ``tables.READ_OPTIONS`` ``page_checksum_verification``): one shard's
+samples table, fabricated in memory, written (``tables.write_table``) and read back whole
+(``tables.iter_batches``) with and without them, in turns, ``--repeats`` times each (the
+fastest counts); prints seconds and the ratio to the run without, measured in the same run:
+
+    .venv/bin/python benchmarks/bench_scale.py --checksum [--sizes 1/16 full] [--repeats 3]
+
 Prints one line per stage and size with peak RSS and time, then the ratio of peak RSS at full
 size to 1/16. Targets: every stage at most 3 GB at full size, at most 1.5x growth. Writes about
 2.2 GB on disk at full size (twice that during the merge) under ``--dir``; deletes it after
@@ -272,6 +280,45 @@ def measure(stage: str, work: Path) -> tuple[float, float]:
     return usage.ru_maxrss / 1e6, seconds  # ru_maxrss: KiB on Linux
 
 
+def checksum_cost(work: Path, problems: int, repeats: int) -> dict[str, dict[bool, float]]:
+    """Fastest seconds to write and to read one shard's samples table, without (False) and
+    with (True) page checksums; the two alternate (first one, then the other first), so a busy
+    machine or a warm cache favours neither."""
+    import pyarrow as pa
+
+    from confagg import tables
+
+    rng = np.random.default_rng(0)
+    corpus = _corpus(rng, 16 << 20)
+    data = pa.concat_tables(
+        [_problem_table(rng, corpus, f"pool-{i:05d}", 7, SAMPLES_PER_PROBLEM)
+         for i in range(problems)]
+    )  # fmt: skip
+    best = {"write": {}, "read": {}}
+    saved = dict(tables.WRITE_OPTIONS), dict(tables.READ_OPTIONS)
+    try:
+        for r in range(repeats):
+            for on in (False, True) if r % 2 == 0 else (True, False):
+                tables.WRITE_OPTIONS["write_page_checksum"] = on
+                tables.READ_OPTIONS["page_checksum_verification"] = on
+                path = work / f"samples-{on}.parquet"
+                t0 = time.perf_counter()
+                tables.write_table(data, path, tables.SAMPLES)
+                t1 = time.perf_counter()
+                rows = sum(b.num_rows for b in tables.iter_batches(path, tables.SAMPLES))
+                t2 = time.perf_counter()
+                assert rows == data.num_rows
+                for op, seconds in (("write", t1 - t0), ("read", t2 - t1)):
+                    best[op][on] = min(best[op].get(on, seconds), seconds)
+    finally:
+        tables.WRITE_OPTIONS.update(saved[0])
+        tables.READ_OPTIONS.update(saved[1])
+    sizes = {on: (work / f"samples-{on}.parquet").stat().st_size for on in (False, True)}
+    print(f"      {data.nbytes / 1e9:.2f} GB in Arrow, {sizes[False] / 1e9:.3f} GB on disk "
+          f"(+{sizes[True] - sizes[False]} bytes of checksums)")  # fmt: skip
+    return best
+
+
 def _shard_info(path: Path) -> str:
     """Size on disk, text bytes and row groups of the merged shard (read from its footer)."""
     import pyarrow.parquet as pq
@@ -294,9 +341,21 @@ def main(argv: list[str] | None = None) -> None:
 
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None)
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # one stage, in this process
+    ap.add_argument("--checksum", action="store_true", help="the page checksums' cost only")
+    ap.add_argument("--repeats", type=int, default=3, help="with --checksum: runs of each")
     args = ap.parse_args(argv)
     if args.stage:
         run_inline(args.stage, Path(args.dir))
+        return
+    if args.checksum:
+        for size in args.sizes or ["1/16"]:
+            problems = round(FULL_PROBLEMS / SIZES[size])
+            with tempfile.TemporaryDirectory(prefix="bench_scale-", dir=args.dir) as work:
+                print(f"{size}: {problems} problems x {SAMPLES_PER_PROBLEM} samples", flush=True)
+                best = checksum_cost(Path(work), problems, args.repeats)
+            for op, by in best.items():
+                print(f"      {op:>5}: {by[False]:7.2f}s without checksums, {by[True]:7.2f}s "
+                      f"with: {by[True] / by[False]:.3f}x", flush=True)  # fmt: skip
         return
 
     sizes = args.sizes or (["1/16"] if args.quick else list(SIZES))

@@ -291,3 +291,23 @@ def test_files_get_the_umask_permissions_and_importing_changes_no_umask(tmp_path
     out = tmp_path / "x.json"
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
     assert out.stat().st_mode & 0o777 == 0o640
+
+
+def test_table_role_from_the_path_and_files_without_checksums_still_read(tmp_path):
+    from confagg.tables import table_role
+
+    run = tmp_path / "results/r"
+    assert table_role(run / "samples/aime25/seed1/shard0.parquet") == (
+        "samples of aime25 seed 1, shard 0"
+    )
+    assert (
+        table_role(run / "grades/pool/seed0/shard12.parquet") == "grades of pool seed 0, shard 12"
+    )
+    assert table_role(run / "curated/train.parquet") == "curated training sets"
+    assert table_role(run / "eval/aime25/seed2/metrics.json") == "metrics of aime25 seed 2"
+    assert table_role(tmp_path / "x.parquet", SCORES) == "scores table"
+    table = _samples([[1.0, 2.0]] * 4)
+    write_table(table, tmp_path / "new.parquet", SAMPLES)
+    pq.write_table(table, tmp_path / "old.parquet")  # written before the page checksums
+    assert read_table(tmp_path / "old.parquet", SAMPLES).equals(table)
+    assert read_table(tmp_path / "new.parquet", SAMPLES).equals(table)

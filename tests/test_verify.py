@@ -501,3 +501,24 @@ def test_grade_cli_writes_a_grades_table(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0 and "shard0.parquet" in proc.stderr and "'b'" in proc.stderr
     assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path):
+    """Spawned workers run the calling script again: called from its unguarded top level, the
+    verifier stops at once with the script, the line and the fix (not pebble's "All workers
+    expired"); the same call under ``if __name__ == "__main__":`` works."""
+    call = 'print(verify_many(["x+1/2"], ["1/2+x"], processes=1)[0].status)'
+    script = tmp_path / "check.py"
+    script.write_text(f"from confagg.verifier import verify_many\n\n{call}\n")
+    run = [sys.executable, str(script)]
+    proc = subprocess.run(run, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"RuntimeError: {script}, line 3: checks answers at the top level")
+    assert 'under `if __name__ == "__main__":`' in last
+    assert "All workers expired" not in proc.stderr.replace('("All workers expired")', "")
+    script.write_text(
+        f"from confagg.verifier import verify_many\n\nif __name__ == '__main__':\n    {call}\n"
+    )
+    proc = subprocess.run(run, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "correct", proc.stderr

@@ -29,7 +29,8 @@ aggregation"):
    ...), so they spread over as many problems as possible.
 
 Outputs: ``train.parquet`` and ``val.parquet`` (``tables.SETS``, sets in problem then set
-order; candidate texts cut to the part after ``</think>``) and ``summary.json``.
+order; candidate texts cut to the part after ``</think>``) and ``summary.json``, published
+together (``tables.OutputSet``: all or none, the summary last).
 
 Memory. Sets are chosen from the samples' metadata alone (no text). The kept sets are then
 written in chunks of about ``CHUNK_CANDIDATES`` candidates, in problem order: a chunk's texts
@@ -81,6 +82,7 @@ from confagg.settings import load
 from confagg.tables import (
     SETS,
     CandidateTexts,
+    OutputSet,
     TableWriter,
     load_candidates,
     write_json,
@@ -406,6 +408,7 @@ def write_sets(
     problem_order: Mapping[str, int],
     texts: CandidateTexts,
     budget: int | None = None,
+    together: OutputSet | None = None,
 ) -> Cuts:
     """Write each split's sets (``curate``'s, each split in problem order) to its SETS file, a
     chunk of about ``CHUNK_CANDIDATES`` candidates at a time (the module docstring); returns
@@ -425,7 +428,8 @@ def write_sets(
     cuts = Cuts()
     with contextlib.ExitStack() as stack:
         writers = [
-            stack.enter_context(TableWriter(out, SETS, SETS_ROW_GROUP_BYTES)) for out in outputs
+            stack.enter_context(TableWriter(out, SETS, SETS_ROW_GROUP_BYTES, together))
+            for out in outputs
         ]
         for lo in range(0, len(tagged), step):
             chunk = [(k, splits[k][i]) for _, k, i in tagged[lo : lo + step]]
@@ -480,20 +484,23 @@ def main(argv: list[str] | None = None) -> None:
     pool = load_candidates(args.samples, args.scores, args.grades)
     train, val, summary, usable = curate(problems, pool, benchmarks, settings)
     del pool
-    cuts = write_sets(
-        [args.train, args.val],
-        [train, val],
-        usable,
-        {p["id"]: i for i, p in enumerate(problems)},
-        CandidateTexts(args.samples),
-        stage.max_prompt_tokens,
-    )
-    summary["samples"]["cut_to_prompt_budget"] = {
-        "max_prompt_tokens": stage.max_prompt_tokens,
-        "texts": cuts.texts,
-        "tokens_removed": cuts.tokens,
-    }
-    write_json(summary, args.summary)
+    # the three are published together, the summary last: its presence says the sets are whole
+    with OutputSet([args.train, args.val, args.summary]) as outputs:
+        cuts = write_sets(
+            [args.train, args.val],
+            [train, val],
+            usable,
+            {p["id"]: i for i, p in enumerate(problems)},
+            CandidateTexts(args.samples),
+            stage.max_prompt_tokens,
+            outputs,
+        )
+        summary["samples"]["cut_to_prompt_budget"] = {
+            "max_prompt_tokens": stage.max_prompt_tokens,
+            "texts": cuts.texts,
+            "tokens_removed": cuts.tokens,
+        }
+        write_json(summary, args.summary, outputs)
     print(json.dumps({k: summary[k] for k in ("problems", "sets")}, indent=1), file=sys.stderr)
 
 

@@ -31,6 +31,7 @@ from confagg.tables import (
     AGG_OUTPUTS,
     EVAL_CANDIDATES,
     SAMPLES,
+    OutputSet,
     flat_confidence,
     iter_batches,
     load_candidates,
@@ -113,9 +114,11 @@ def evaluate_seed(
             }
             for name, g in agg.groupby("method")
         }
-    write_json(result, metrics_out)
     table = pa.Table.from_pandas(df[EVAL_CANDIDATES.names], preserve_index=False)
-    write_table(table, candidates_out, EVAL_CANDIDATES)
+    # published together, the metrics last
+    with OutputSet([candidates_out, metrics_out]) as outputs:
+        write_table(table, candidates_out, EVAL_CANDIDATES, outputs)
+        write_json(result, metrics_out, outputs)
     return result
 
 

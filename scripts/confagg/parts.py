@@ -40,7 +40,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from confagg.fingerprints import differences
-from confagg.tables import SAMPLES, WRITE_OPTIONS, TableWriter, file_mode
+from confagg.tables import (
+    READ_OPTIONS,
+    SAMPLES,
+    WRITE_OPTIONS,
+    TableWriter,
+    file_mode,
+    named_write,
+)
 
 _META_KEY = b"confagg.sample"  # the settings fingerprint, in each part's and the output's schema
 
@@ -131,7 +138,7 @@ class Parts:
     def _read_part(self, path: Path, n: int, order: Mapping[str, int]):
         """(fingerprint, problem per row group) of a part, or the reason it is damaged."""
         try:
-            with pq.ParquetFile(path) as pf:
+            with pq.ParquetFile(path, **READ_OPTIONS) as pf:
                 stored = stored_fingerprint(pf.schema_arrow)
                 groups = [
                     pf.read_row_group(i, columns=["problem_id", "sample_idx"])
@@ -184,12 +191,17 @@ class Parts:
     def write(self, table: pa.Table, n: int, fp: Mapping) -> Path:
         """Write finished problems (``n`` rows each, one row group each) as a new part; never
         replaces an existing file."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        tmp = Path(name)
+        with named_write(self.dir):  # a full disk: named, and no part left
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=self.dir)
+            os.close(fd)
+            tmp = Path(name)
+            try:
+                _write_parquet(table, tmp, _schema(fp), n)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         try:
-            _write_parquet(table, tmp, _schema(fp), n)
             while True:
                 path = self.dir / f"part-{self.next:05d}.parquet"
                 self.next += 1
@@ -215,7 +227,7 @@ class Parts:
             for pid in order:
                 path, rg = where[pid]
                 try:
-                    with pq.ParquetFile(path) as pf:
+                    with pq.ParquetFile(path, **READ_OPTIONS) as pf:
                         table = pf.read_row_group(rg).select(SAMPLES.names)
                 except (OSError, pa.ArrowException) as e:
                     raise self._damaged([(path, f"{type(e).__name__}: {e}")]) from None

@@ -3,7 +3,13 @@ readers and joiners of those tables that more than one stage uses.
 
 A file appears under its final name only once it is complete (written to a temporary name in
 the same folder, flushed, then renamed), so a killed job never leaves a half file that looks
-finished.
+finished; outputs of one job that belong together are published together (:class:`OutputSet`).
+
+Damage is caught where a table is read: every table is written with Parquet page checksums
+(CRC-32 of each page) and every reader verifies them, so a flipped bit that still decompresses
+stops the read instead of becoming a number. Every read or write failure becomes a
+:class:`TableError` that names the file, its role in the run (:func:`table_role`), what
+happened (a damaged page, a truncated file, a full disk and the space left) and what to do.
 
 Tables of any size (a full-scale pool shard holds ~3 GB of text): writers gather rows into row
 groups of at most about ``ROW_GROUP_BYTES`` (:class:`TableWriter`, also under
@@ -16,10 +22,12 @@ with the 32-bit types before read as the schema says (cast on read).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -135,8 +143,15 @@ EVAL_CANDIDATES = pa.schema(
     metadata={"table": "eval_candidates"},
 )
 
-# Written with zstd: the confidence arrays compress a little and text a lot.
-WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": ["problem_id", "finish_reason"]}
+# Written with zstd: the confidence arrays compress a little and text a lot. Every page carries
+# a CRC-32 checksum, which every reader verifies (READ_OPTIONS): no cost above the noise to write
+# (36 s) or read (15 s) a full-size samples shard (benchmarks/bench_scale.py --checksum).
+WRITE_OPTIONS = {
+    "compression": "zstd",
+    "use_dictionary": ["problem_id", "finish_reason"],
+    "write_page_checksum": True,
+}
+READ_OPTIONS = {"page_checksum_verification": True}
 # Row groups hold at most about this much Arrow memory, and readers take batches of about this
 # much: a stage's memory follows these, not the table's size (a pool shard holds ~3 GB of text).
 ROW_GROUP_BYTES = 32 << 20
@@ -158,6 +173,188 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
+class TableError(OSError, ValueError):
+    """A table or output that could not be read or written. The message names the file, its
+    role in the run, what happened and what to do (built by :func:`table_error` only)."""
+
+
+# What a path is in a run, from its place under results/<run>/ (the rules' output names).
+_ROLES = (
+    (r"/(?P<t>samples|scores|grades)/(?P<d>[^/]+)/seed(?P<s>\d+)/shard(?P<n>\d+)\.parquet",
+     "{t} of {d} seed {s}, shard {n}"),
+    (r"/samples/(?P<d>[^/]+)/seed(?P<s>\d+)/shard(?P<n>\d+)\.parquet\.parts(/[^/]+)?",
+     "finished problems of the samples of {d} seed {s}, shard {n} (its parts folder)"),
+    (r"/curated/train\.parquet", "curated training sets"),
+    (r"/curated/val\.parquet", "curated validation sets"),
+    (r"/curated/summary\.json", "curation summary"),
+    (r"/eval/(?P<b>[^/]+)/seed(?P<s>\d+)/aggregators\.parquet",
+     "aggregator outputs of {b} seed {s}"),
+    (r"/eval/(?P<b>[^/]+)/seed(?P<s>\d+)/candidates\.parquet",
+     "evaluation candidates of {b} seed {s}"),
+    (r"/eval/(?P<b>[^/]+)/seed(?P<s>\d+)/metrics\.json", "metrics of {b} seed {s}"),
+)  # fmt: skip
+# Write failures that say something about the file system rather than the program.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file is larger than the file system allows",
+    errno.EIO: "the file system reported an input/output error",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+def table_role(path: str | os.PathLike, schema: pa.Schema | None = None) -> str:
+    """What ``path`` is in a run, e.g. "samples of aime25 seed 1, shard 0" (from its place under
+    ``results/<run>/``); else its table's name, or "output"."""
+    where = Path(path).absolute().as_posix()
+    for pattern, role in _ROLES:
+        m = re.search(pattern + "$", where)
+        if m:
+            return role.format(**m.groupdict())
+    return f"{_table_name(schema)} table" if schema is not None else "output"
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def table_error(
+    path: str | os.PathLike,
+    error: BaseException,
+    schema: pa.Schema | None = None,
+    *,
+    writing: bool = False,
+    footer: bool = False,
+) -> TableError:
+    """The one description of a failed read or write of ``path``: which file, its role, what
+    happened, what to do. ``footer``: the failure came from opening the file (its footer),
+    not from reading its pages."""
+    role = table_role(path, schema)
+    said = " ".join(str(error).split()) or type(error).__name__  # pyarrow's, on one line
+    said = "".join(c if c.isprintable() else "?" for c in said)
+    if writing:
+        what = _WRITE_FAILURES.get(getattr(error, "errno", None), f"{said}")
+        folder = Path(path).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            free = f"{_size(shutil.disk_usage(folder).free)} free on the file system of {folder}"
+        except OSError:
+            free = f"free space on {folder} unknown"
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        todo = "Free space there (or give the run a larger file system)" if full else (
+            "Check that file system")  # fmt: skip
+        return TableError(
+            f"{path}: could not write the {role}: {what} ({said}; {free}). Nothing half-written "
+            f"is left under that name. {todo} and run the job again."
+        )
+    if isinstance(error, FileNotFoundError):
+        return TableError(f"{path}: the {role} is missing (no such file): run the job that "
+                          "writes it first.")  # fmt: skip
+    if footer:
+        what = f"not a readable parquet file: truncated, empty or not parquet ({said})"
+    elif "checksum" in said.lower():
+        what = f"a data page is damaged: its checksum does not match what was written ({said})"
+    else:
+        what = f"a data page is damaged: it does not decode ({said})"
+    return TableError(
+        f"{path}: {what}. It holds the {role} (damaged by a torn copy or a bad disk): delete "
+        f"this one file and make it again: rm {shlex.quote(str(path))}, then run the workflow "
+        "again (it remakes the file and what was made from it; by hand: rerun the stage that "
+        "writes it)."
+    )
+
+
+@contextmanager
+def _named(
+    path: str | os.PathLike, schema: pa.Schema | None = None, *, writing=False, footer=False
+) -> Iterator[None]:
+    """Turn pyarrow's (or the OS's) errors about ``path`` into a :class:`TableError`; a write
+    only for the failures of ``_WRITE_FAILURES`` (others name their file already)."""
+    try:
+        yield
+    except TableError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        if writing and getattr(e, "errno", None) not in _WRITE_FAILURES:
+            raise
+        raise table_error(path, e, schema, writing=writing, footer=footer) from None
+
+
+@contextmanager
+def named_write(path: str | os.PathLike) -> Iterator[None]:
+    """Writes of ``path`` in the block fail with a :class:`TableError` naming it (and the free
+    space left when the disk is full): for writers outside :func:`atomic_path`."""
+    with _named(path, writing=True):
+        yield
+
+
+class OutputSet:
+    """Outputs of one job that belong together, published together: each is written to its
+    temporary (``atomic_path(..., together=outputs)``, :class:`TableWriter`, :func:`write_json`)
+    and all are renamed onto their names only when the block ends without an error, in the
+    order given: the last one last (the one that says the set is complete), after removing an
+    older version of it first. On an error nothing is published (the error says so); a rename
+    that fails part way raises an error listing what was published and what is missing.
+
+        with OutputSet([train, val, summary]) as outputs:
+            ... TableWriter(train, SETS, together=outputs) ...
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = [Path(p) for p in paths]
+        self._ready: dict[Path, Path] = {}
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def add(self, tmp: Path, path: Path) -> None:
+        if Path(path) not in self.paths:
+            raise ValueError(f"{path} is not one of the outputs {self._names()}")
+        self._ready[Path(path)] = tmp
+
+    def _names(self) -> str:
+        return ", ".join(str(p) for p in self.paths)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        ready, self._ready = self._ready, {}
+        try:
+            if exc_type is not None:
+                if isinstance(exc, Exception):
+                    exc.add_note(
+                        f"None of this job's outputs was written: {self._names()} (they are "
+                        "published together; earlier versions are left as they were)."
+                    )
+                return False
+            unwritten = [p for p in self.paths if p not in ready]
+            if unwritten:
+                raise RuntimeError(f"outputs never written: {unwritten}")
+            self.paths[-1].unlink(missing_ok=True)  # its presence says the set is complete
+            done: list[Path] = []
+            try:
+                for path in self.paths:
+                    os.replace(ready[path], path)
+                    done.append(path)
+            except OSError as e:
+                missing = [str(p) for p in self.paths if p not in done]
+                raise TableError(
+                    f"publishing the outputs that belong together failed at {missing[0]} ({e}): "
+                    f"written: {', '.join(map(str, done)) or 'none'}; MISSING: "
+                    f"{', '.join(missing)}. The set is incomplete: delete the written ones and "
+                    "run the job again."
+                ) from None
+        finally:
+            for tmp in ready.values():
+                tmp.unlink(missing_ok=True)
+        return False
+
+
 def _remove_leftovers(folder: Path, pattern: str) -> None:
     """Remove the temporaries that killed writes of one output left in ``folder`` (names that
     fully match ``pattern``): a job is the only writer of its outputs, so they are dead."""
@@ -170,24 +367,32 @@ def _remove_leftovers(folder: Path, pattern: str) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, together: OutputSet | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success (the
-    temporaries of earlier writes of ``path`` that a kill cut short are removed first)."""
+    temporaries of earlier writes of ``path`` that a kill cut short are removed first), or,
+    ``together`` with other outputs, hand it to that :class:`OutputSet` to publish. A full
+    disk (or another failure of the file system) is a :class:`TableError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp's names: prefix, 8 characters of [a-z0-9_], suffix
-    _remove_leftovers(path.parent, re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _named(path, writing=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp's names: prefix, 8 characters of [a-z0-9_], suffix
+        _remove_leftovers(path.parent, re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
+            if together is None:
+                os.replace(tmp, path)
+            else:
+                together.add(tmp, path)
+                tmp = None
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -222,10 +427,15 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
+def write_table(
+    table: pa.Table,
+    path: str | os.PathLike,
+    schema: pa.Schema,
+    together: OutputSet | None = None,
+) -> None:
     """Check ``table`` against ``schema`` and write it atomically as parquet, in row groups of
     at most about ``ROW_GROUP_BYTES`` (see :class:`TableWriter`)."""
-    with TableWriter(path, schema) as writer:
+    with TableWriter(path, schema, together=together) as writer:
         writer.write(table)
 
 
@@ -239,13 +449,18 @@ class TableWriter:
             for batch in ...:
                 writer.write(batch)
 
-    The file appears under its name only when the ``with`` block ends without an error.
+    The file appears under its name only when the ``with`` block ends without an error (with
+    ``together``: when that :class:`OutputSet` publishes it with the job's other outputs).
     """
 
     def __init__(
-        self, path: str | os.PathLike, schema: pa.Schema, row_group_bytes: int | None = None
+        self,
+        path: str | os.PathLike,
+        schema: pa.Schema,
+        row_group_bytes: int | None = None,
+        together: OutputSet | None = None,
     ):
-        self.path, self.schema = Path(path), schema
+        self.path, self.schema, self.together = Path(path), schema, together
         self.row_group_bytes = row_group_bytes or ROW_GROUP_BYTES
         self.rows = 0
         self._pending: list[pa.Table] = []
@@ -255,7 +470,7 @@ class TableWriter:
 
     def __enter__(self) -> TableWriter:
         with ExitStack() as stack:
-            tmp = stack.enter_context(atomic_path(self.path))
+            tmp = stack.enter_context(atomic_path(self.path, self.together))
             self._writer = pq.ParquetWriter(tmp, self.schema, **WRITE_OPTIONS)
             self._stack = stack.pop_all()
         return self
@@ -354,10 +569,8 @@ def _checked_columns(
     unknown = [n for n in names if n not in schema.names]
     if unknown:
         raise ValueError(f"columns {unknown} are not in the {_table_name(schema)} table")
-    try:
+    with _named(path, schema, footer=True):  # pyarrow's message names no file
         present = pq.read_schema(path).names
-    except (OSError, pa.ArrowException) as e:  # pyarrow's message names no file
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
     missing = [n for n in names if n not in present]
     if missing:
         raise ValueError(f"{path}: not a {_table_name(schema)} table (missing columns {missing})")
@@ -379,7 +592,9 @@ def read_table(
     given: the others are never read); a clear error if it is something else. For a table
     that can be large, :func:`iter_batches` reads it piece by piece."""
     names, target = _checked_columns(path, schema, columns)
-    return _cast(pq.read_table(path, columns=names), target, path, schema)
+    with _named(path, schema):
+        table = pq.read_table(path, columns=names, **READ_OPTIONS)
+    return _cast(table, target, path, schema)
 
 
 def iter_batches(
@@ -394,7 +609,9 @@ def iter_batches(
     (in that order): memory stays about one batch plus one compressed row group whatever the
     file's size. Batches never span two row groups."""
     names, target = _checked_columns(path, schema, columns)
-    with pq.ParquetFile(path) as pf:
+    with _named(path, schema, footer=True):
+        pf = pq.ParquetFile(path, **READ_OPTIONS)
+    with pf:
         meta = pf.metadata
         # the parquet leaf columns under each wanted top-level column
         leaves = [
@@ -404,8 +621,13 @@ def iter_batches(
             group = meta.row_group(rg)
             size = sum(group.column(i).total_uncompressed_size for i in leaves)
             rows = max(1, int(group.num_rows * (batch_bytes or READ_BATCH_BYTES) / max(size, 1)))
+            batches = pf.iter_batches(batch_size=rows, row_groups=[rg], columns=names)
             try:
-                for batch in pf.iter_batches(batch_size=rows, row_groups=[rg], columns=names):
+                while True:
+                    with _named(path, schema):  # a damaged page is found here
+                        batch = next(batches, None)
+                    if batch is None:
+                        break
                     yield _cast(pa.Table.from_batches([batch]), target, path, schema)
             finally:  # the allocator keeps freed pages otherwise: memory creeps up group by group
                 pa.default_memory_pool().release_unused()
@@ -413,7 +635,8 @@ def iter_batches(
 
 def row_group_starts(path: str | os.PathLike) -> np.ndarray:
     """The first row of each row group of a parquet file, then its number of rows."""
-    meta = pq.ParquetFile(path).metadata
+    with _named(path, footer=True):
+        meta = pq.read_metadata(path)
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     return np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
 
@@ -511,9 +734,9 @@ class CandidateTexts:
         return out
 
 
-def write_json(obj, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
+def write_json(obj, path: str | os.PathLike, together: OutputSet | None = None) -> None:
+    """Write ``obj`` as indented JSON, atomically (``together``: see :class:`OutputSet`)."""
+    with atomic_path(path, together) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 

@@ -148,6 +148,7 @@ def _get_pool(processes: int = 1) -> ProcessPool:
             _retire(_pool)  # broken (a worker died while the pool was idle), or too small
             _pool = None
         if _pool is None:
+            _refuse_unguarded_main()
             _pool_size, _pool_pid = max(processes, _pool_size, 1), os.getpid()
             _pool = ProcessPool(
                 _pool_size,
@@ -157,6 +158,40 @@ def _get_pool(processes: int = 1) -> ProcessPool:
                 context=multiprocessing.get_context("spawn"),
             )
         return _pool
+
+
+def _refuse_unguarded_main() -> None:
+    """Stop, with the fix, when the pool is started from a main script's top-level code that
+    no ``if __name__ == "__main__":`` guards: spawn runs the script again in every worker, which
+    starts a pool of its own there and dies (pebble: "All workers expired")."""
+    import ast
+    import linecache
+
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_code.co_name == "<module>" and frame.f_globals is getattr(main, "__dict__", None)
+    ):
+        frame = frame.f_back
+    if frame is None or not script:
+        return  # not called from the main script's top level (a function, an import, -c, REPL)
+    try:  # the script's source, as a traceback reads it
+        tree = ast.parse("".join(linecache.getlines(script)))
+    except (SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+    for node in ast.walk(tree):
+        guard = isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+        if guard and node.body[0].lineno <= line <= node.body[-1].end_lineno:
+            return
+    raise RuntimeError(
+        f"{script}, line {line}: checks answers at the top level of the script, outside "
+        '`if __name__ == "__main__":`. The verifier\'s workers start with spawn, which runs the '
+        'script again in each of them, so they would fail at once ("All workers expired"). '
+        'Move the script\'s top-level code under `if __name__ == "__main__":` (or into a '
+        "function called from there)."
+    )
 
 
 def _outcome(future: Future) -> Verdict | None:

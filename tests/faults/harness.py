@@ -111,15 +111,7 @@ def run_job(
             (workdir / path).parent.mkdir(parents=True, exist_ok=True)  # as Snakemake does
     mark = workdir / ".fault-mark.jsonl"
     mark.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")])),
-        "CONFAGG_FAULT_ROOT": str(workdir / "results"),
-        "CONFAGG_FAULT_MARK": str(mark),
-    }
-    for key in ("CONFAGG_FAULT_KILL", "CONFAGG_FAULT_TRACE", "CONFAGG_PAUSE_AT"):
-        env.pop(key, None)
+    env = fault_env(workdir / "results", mark)
     if kill:
         env.update(CONFAGG_FAULT_KILL=kill, CONFAGG_FAULT_AT=str(at), CONFAGG_FAULT_MATCH=match)
     if trace:
@@ -165,6 +157,34 @@ def run_job(
     else:
         assert proc.returncode == 0, f"{job.name} failed ({proc.returncode}):\n{_tail(text)}"
     return Outcome(proc.returncode, seconds, killed_at, text)
+
+
+def fault_env(root: Path, mark: Path, fail: str | None = None, **event) -> dict[str, str]:
+    """The environment of a job under inject/sitecustomize.py, counting the events under
+    ``root``; with ``fail`` (an errno name such as ``ENOSPC``) and ``event`` (``kill``, ``at``,
+    ``match``), that event raises that error instead of happening."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")])),
+        "CONFAGG_FAULT_ROOT": str(root),
+        "CONFAGG_FAULT_MARK": str(mark),
+    }
+    for key in (
+        "CONFAGG_FAULT_KILL",
+        "CONFAGG_FAULT_ERRNO",
+        "CONFAGG_FAULT_TRACE",
+        "CONFAGG_PAUSE_AT",
+    ):
+        env.pop(key, None)
+    if fail:
+        env.update(
+            CONFAGG_FAULT_ERRNO=fail,
+            CONFAGG_FAULT_KILL=event["kill"],
+            CONFAGG_FAULT_AT=str(event.get("at", 1)),
+            CONFAGG_FAULT_MATCH=event.get("match", ""),
+        )
+    return env
 
 
 def _read(path: Path | None) -> str:

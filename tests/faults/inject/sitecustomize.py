@@ -21,6 +21,9 @@ which the suite picks its kill points). ``CONFAGG_FAULT_KILL=<event>`` with
 ``CONFAGG_FAULT_MATCH=<text>`` (only events whose path holds it count): on the n-th such event,
 *before* it happens, append it to ``CONFAGG_FAULT_MARK`` and SIGKILL the whole process group
 (the job: the suite starts each in a session of its own, as Slurm kills a job's whole cgroup).
+With ``CONFAGG_FAULT_ERRNO=<name>`` (e.g. ``ENOSPC``) the event fails instead: it raises that
+``OSError`` where the call would have run (a full disk or an I/O error at that write), and the
+job carries on as it would.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ _KILL = os.environ.get("CONFAGG_FAULT_KILL")
 
 def _install() -> None:
     import builtins
+    import errno
     import functools
     import importlib.abc
     import importlib.util
@@ -48,6 +52,7 @@ def _install() -> None:
     kill_event = _KILL or ""
     kill_n = int(os.environ.get("CONFAGG_FAULT_AT") or 1)
     kill_match = os.environ.get("CONFAGG_FAULT_MATCH") or ""
+    fail_errno = os.environ.get("CONFAGG_FAULT_ERRNO")
     counts: dict[str, int] = {}
     matched = [0]  # events that count towards the kill
     real_open = builtins.open
@@ -79,6 +84,9 @@ def _install() -> None:
                         f.write(json.dumps(record) + "\n")
                         f.flush()
                         os.fsync(f.fileno())
+                if fail_errno:
+                    code = getattr(errno, fail_errno)
+                    raise OSError(code, os.strerror(code), record["path"])
                 os.killpg(os.getpgrp(), signal.SIGKILL)
         finally:
             busy[0] = False
