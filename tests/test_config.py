@@ -263,3 +263,33 @@ def test_moved_keys_stop_the_run_naming_their_new_place(old, new):
     cfg[section] = merged
     with pytest.raises(ConfigError, match=rf"this key moved; set {new}"):
         validate(cfg, SCHEMA)
+
+
+def test_any_grpo_config_field_passes_and_unknown_or_fixed_ones_are_named():
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from confagg.config import GRPO_SET_BY_WORKFLOW, grpo_config_fields
+
+    # the fields read from TRL's sources are exactly GRPOConfig's dataclass fields
+    fields, _ = grpo_config_fields()
+    assert fields == {f.name for f in dataclasses.fields(GRPOConfig)}
+    assert GRPO_SET_BY_WORKFLOW.keys() <= fields
+
+    cfg = full_config()
+    cfg["training"].update(max_grad_norm=0.5, epsilon_high=0.28, num_iterations=2)
+    cfg["training"]["vllm"]["tensor_parallel_size"] = 1
+    validate(cfg, SCHEMA)  # GRPOConfig fields, as open-r1's recipes set them
+
+    cfg = full_config()
+    # transformers 5 dropped warmup_ratio (warmup_steps takes a fraction): the check says so
+    cfg["training"].update(warmup_ratio=0.1, max_grad_nrom=1.0, logging_steps=5)
+    cfg["training"]["vllm"]["tensor_paralel_size"] = 1
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, SCHEMA)
+    msg = str(err.value)
+    assert "training.warmup_ratio: unknown key" in msg and "did you mean warmup_steps" in msg
+    assert "training.max_grad_nrom: unknown key" in msg and "did you mean max_grad_norm" in msg
+    assert "training.vllm.tensor_paralel_size: unknown key" in msg
+    assert "training.logging_steps: GRPOConfig's logging_steps is set by the workflow" in msg

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from confagg import config as cfg
-from confagg.config import ConfigError
+from confagg.config import GRPO_SET_BY_WORKFLOW, ConfigError
 from confagg.resume import (
     complete_checkpoint,
     job_deadline,
@@ -128,9 +128,15 @@ def test_settings_take_schema_defaults_and_name_bad_keys():
 
 def test_grpo_config_takes_training_keys_by_name(tmp_path):
     training = {"beta": 0.02, "loss_type": "grpo", "save_steps": 7, "max_steps": None}
+    # GRPOConfig fields the schema does not declare pass by name too (checked at start)
+    training.update(max_grad_norm=0.5, epsilon_high=0.28, vllm={"tensor_parallel_size": 1})
     s = from_mapping(Settings, validated(training=training))
     args = grpo_config(s, tmp_path, seed=5, run_name="r")
     assert (args.beta, args.loss_type, args.save_steps) == (0.02, "grpo", 7)
+    assert (args.max_grad_norm, args.epsilon_high, args.vllm_tensor_parallel_size) == (0.5, 0.28, 1)
+    # what the workflow sets itself is exactly what the config may not set
+    fixed = {k for k, v in vars(args).items() if k in GRPO_SET_BY_WORKFLOW}
+    assert fixed == set(GRPO_SET_BY_WORKFLOW)
     assert args.max_steps == -1 and args.use_cpu and not args.bf16  # this CPU machine
     assert (args.learning_rate, args.num_generations, args.temperature) == (5e-5, 8, 1.5)
     assert args.use_vllm and args.vllm_mode == "colocate"  # on CPU as on GPU

@@ -6,6 +6,9 @@ once with a message naming the key (``sampling.temperature: 'hot' is not of type
 
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib.util
 import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -95,9 +98,108 @@ def validate(config: MutableMapping, schema_path: str | Path) -> None:
             )
         else:
             problems.append(f"{_key(err.path)}: {err.message}")
+    problems += check_trl_keys(config, schema)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     check_model(config["generator"]["model"], "generator.model")
+
+
+# GRPOConfig fields that confagg.train sets itself (from the job, the machine or other keys): a
+# config that sets one would be overridden silently, so it stops at start instead.
+GRPO_SET_BY_WORKFLOW = {
+    "output_dir": "the run's checkpoints folder",
+    "run_name": "run_name and the variant",
+    "seed": "derived from the run seed",
+    "data_seed": "derived from the run seed",
+    "use_cpu": "whether CUDA works",
+    "model_init_kwargs": "the dtype of bf16",
+    "use_vllm": "training.vllm.enabled",
+    "vllm_mode": "colocate, always",
+    "vllm_max_model_length": "aggregator.prompt.max_prompt_tokens + max_completion_length",
+    "logging_steps": "1: every step is logged (log.jsonl)",
+    "save_strategy": "steps (save_steps)",
+    "eval_strategy": "eval_steps",
+    "per_device_eval_batch_size": "num_generations",
+    "report_to": "training.wandb.enabled",
+    "disable_tqdm": "the job logs",
+    "log_completions": "off",
+}
+
+
+def _class_fields(path: Path, name: str) -> tuple[set[str], list[str]]:
+    """The annotated field names of class ``name`` in the source file ``path`` and the names of
+    its bases, read with ``ast`` (importing TRL would import torch: seconds at every start)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            fields = {
+                n.target.id
+                for n in node.body
+                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+            }
+            return fields, [ast.unparse(b) for b in node.bases]
+    raise LookupError(f"no class {name} in {path}")
+
+
+def grpo_config_fields() -> tuple[set[str], str] | None:
+    """(every field name of the installed TRL's ``GRPOConfig``, TRL's version), read from the
+    sources of ``GRPOConfig``, its base config and transformers' ``TrainingArguments``; None when
+    TRL is not installed here (a laptop that only dry-runs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    trl, tf = importlib.util.find_spec("trl"), importlib.util.find_spec("transformers")
+    if trl is None or tf is None or not trl.origin or not tf.origin:
+        return None
+    trainer = Path(trl.origin).parent / "trainer"
+    fields, bases = _class_fields(trainer / "grpo_config.py", "GRPOConfig")
+    chain = {"_BaseConfig": trainer / "base_config.py"}
+    while bases:
+        base = bases.pop()
+        if base in chain:
+            more, bases = _class_fields(chain.pop(base), base)
+        elif base.endswith("TrainingArguments"):
+            more, _ = _class_fields(
+                Path(tf.origin).parent / "training_args.py", "TrainingArguments"
+            )
+        else:
+            continue
+        fields |= more
+    try:
+        trl_version = version("trl")
+    except PackageNotFoundError:
+        trl_version = "?"
+    return fields, trl_version
+
+
+def check_trl_keys(config: Mapping, schema: Mapping) -> list[str]:
+    """Keys of ``training`` (and ``training.vllm``) that the schema does not declare must be
+    fields of the installed TRL's ``GRPOConfig`` (as ``vllm_<key>`` for the vllm section) that
+    the workflow does not set itself; each one that is not is named, with close matches."""
+    training = config.get("training")
+    if not isinstance(training, Mapping):
+        return []
+    declared = schema["properties"]["training"]["properties"]
+    vllm = training.get("vllm") if isinstance(training.get("vllm"), Mapping) else {}
+    extra = [(k, k) for k in training if k not in declared]
+    extra += [(f"vllm.{k}", f"vllm_{k}") for k in vllm if k not in declared["vllm"]["properties"]]
+    if not extra:
+        return []
+    known = grpo_config_fields()
+    problems = []
+    for key, field in extra:
+        if field in GRPO_SET_BY_WORKFLOW:
+            problems.append(
+                f"training.{key}: GRPOConfig's {field} is set by the workflow itself "
+                f"({GRPO_SET_BY_WORKFLOW[field]})"
+            )
+        elif known is not None and field not in known[0]:
+            close = difflib.get_close_matches(field, sorted(known[0] | set(declared)), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            problems.append(
+                f"training.{key}: unknown key: neither a key of this workflow nor a field of "
+                f"TRL {known[1]}'s GRPOConfig{hint}"
+            )
+    return problems
 
 
 def model_kind(spec: str) -> str:
