@@ -188,7 +188,7 @@ def _default_config() -> dict:
 
 def _candidates(work: Path):
     """The shard's samples, scores and grades joined as every evaluation reader joins them."""
-    from confagg.tables import load_candidates
+    from confagg.candidates import load_candidates
 
     return load_candidates(
         [work / "samples.parquet"], [work / "scores.parquet"], [work / "grades.parquet"]
@@ -248,7 +248,7 @@ def run_inline(stage: str, work: Path) -> None:
         print(f"read {len(_candidates(work))} candidates", file=sys.stderr)
     elif stage == "aggregate-read":
         from confagg import aggregate
-        from confagg.tables import CandidateTexts
+        from confagg.candidates import CandidateTexts
 
         set_size = _default_config()["evaluation"]["set_size"]
         df = _candidates(work)

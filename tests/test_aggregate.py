@@ -10,7 +10,8 @@ from test_curate_scale import _small_row_groups
 
 from confagg import aggregate as a
 from confagg.answers import after_think
-from confagg.tables import SAMPLES, CandidateTexts, load_candidates, read_table
+from confagg.candidates import CandidateTexts, load_candidates
+from confagg.tables import SAMPLES, read_table
 
 
 def _whole_sets(samples, df, m):

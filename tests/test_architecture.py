@@ -28,8 +28,10 @@ CORE = {
     "verify",
 }
 SHARED = {
+    "candidates",
     "config",
     "engine",
+    "files",
     "fingerprints",
     "problems",
     "settings",
@@ -50,7 +52,15 @@ STAGE_PARTS = {
 IGNORED = {"__init__"}
 
 # What counts as file I/O in a core module: these imports and these calls.
-IO_IMPORTS = {"pyarrow.parquet", "confagg.tables", "confagg.engine", "shutil", "tempfile"}
+IO_IMPORTS = {
+    "pyarrow.parquet",
+    "confagg.tables",
+    "confagg.files",
+    "confagg.candidates",
+    "confagg.engine",
+    "shutil",
+    "tempfile",
+}
 IO_CALLS = {"open", "read_text", "write_text", "read_bytes", "write_bytes", "read_table"}
 
 

@@ -11,12 +11,13 @@ import pyarrow as pa
 import pytest
 
 from confagg import curate as c
+from confagg.candidates import load_candidates
 from confagg.confidence import METRICS
 from confagg.config import validate
 from confagg.grouping import group_answers
 from confagg.problems import write_problems
 from confagg.settings import for_rule
-from confagg.tables import GRADES, SAMPLES, SCORES, SETS, load_candidates, read_table, write_table
+from confagg.tables import GRADES, SAMPLES, SCORES, SETS, read_table, write_table
 from confagg.verifier import answer_equality
 from conftest import REPO
 

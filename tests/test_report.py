@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from confagg.confidence import METRICS
+from confagg.files import write_json
 from confagg.report import build_report, build_summary
 from confagg.scoring import Online, evaluate_benchmark, in_memory_spend
-from confagg.tables import EVAL_CANDIDATES, write_json, write_table
+from confagg.tables import EVAL_CANDIDATES, write_table
 
 REPORT_FILES = {"html": "report.html", "metrics": "metrics.json", "summary": "summary.md"}
 

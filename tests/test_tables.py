@@ -6,6 +6,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from confagg.candidates import CandidateTexts, load_candidates
+from confagg.files import atomic_path
 from confagg.grade import thinking_closed
 from confagg.score import score_file, score_table
 from confagg.tables import (
@@ -14,12 +16,9 @@ from confagg.tables import (
     SAMPLES,
     SCORES,
     SETS,
-    CandidateTexts,
     TableWriter,
-    atomic_path,
     flat_confidence,
     iter_batches,
-    load_candidates,
     read_table,
     row_group_starts,
     row_nbytes,
@@ -278,15 +277,15 @@ def test_read_table_columns_reads_only_those(tmp_path):
 
 
 def test_files_get_the_umask_permissions_and_importing_changes_no_umask(tmp_path):
-    """Written files get 0o666 & ~umask (mkstemp makes 0600), and importing the tables module
-    leaves the process umask alone."""
+    """Written files get 0o666 & ~umask (mkstemp makes 0600), and importing the tables
+    or files module leaves the process umask alone."""
     import subprocess
     import sys
 
     code = (
         "import os, sys; os.umask(0o027); import pyarrow as pa; "
-        "from confagg import tables; assert os.umask(0o027) == 0o027; "
-        "tables.write_json({'a': 1}, sys.argv[1])"
+        "from confagg import files, tables; assert os.umask(0o027) == 0o027; "
+        "files.write_json({'a': 1}, sys.argv[1])"
     )
     out = tmp_path / "x.json"
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
@@ -294,7 +293,7 @@ def test_files_get_the_umask_permissions_and_importing_changes_no_umask(tmp_path
 
 
 def test_table_role_from_the_path_and_files_without_checksums_still_read(tmp_path):
-    from confagg.tables import table_role
+    from confagg.files import table_role
 
     run = tmp_path / "results/r"
     assert table_role(run / "samples/aime25/seed1/shard0.parquet") == (

@@ -27,11 +27,12 @@ import pandas as pd
 import pyarrow as pa
 
 from confagg.answers import final_answer
+from confagg.candidates import CandidateTexts, load_candidates
 from confagg.confidence import METRICS
 from confagg.methods import disjoint_sets
 from confagg.problems import read_problems
 from confagg.settings import load
-from confagg.tables import AGG_OUTPUTS, CandidateTexts, TableWriter, load_candidates
+from confagg.tables import AGG_OUTPUTS, TableWriter
 
 # Sets are read, prompted, generated, graded and written a batch of whole problems at a time,
 # about this many candidates per batch, so memory holds one batch's texts and outputs whatever
@@ -68,7 +69,7 @@ class Settings:
 
 
 def problem_batches(df: pd.DataFrame, max_candidates: int = BATCH_CANDIDATES) -> list[np.ndarray]:
-    """Row positions of ``df`` (tables.load_candidates: sorted by problem) in batches of whole
+    """Row positions of ``df`` (candidates.load_candidates: sorted by problem) in batches of whole
     problems, about ``max_candidates`` rows each (a larger problem is a batch alone)."""
     pid = df["problem_id"].to_numpy(object)
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if len(pid) else np.array([], int)
@@ -170,7 +171,7 @@ def run_variants(
     processes: int = 1,
     log=print,
 ) -> None:
-    """Generate every variant's outputs for every set of ``candidates`` (tables.load_candidates,
+    """Generate every variant's outputs for every set of ``candidates`` (candidates.load_candidates,
     texts read from ``texts`` a batch of problems at a time) and write them to ``writer`` as
     AGG_OUTPUTS rows graded with ``processes`` verifier workers.
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from confagg.files import write_json
 from confagg.problems import ProblemFileError, download_path, load_file, read_problems
 from confagg.settings import from_mapping, load
-from confagg.tables import write_json
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ aggregation"):
 
 Outputs: ``train.parquet`` and ``val.parquet`` (``tables.SETS``, sets in problem then set
 order; candidate texts cut to the part after ``</think>``) and ``summary.json``, published
-together (``tables.OutputSet``: all or none, the summary last).
+together (``files.OutputSet``: all or none, the summary last).
 
 Memory. Sets are chosen from the samples' metadata alone (no text). The kept sets are then
 written in chunks of about ``CHUNK_CANDIDATES`` candidates, in problem order: a chunk's texts
-are read from the row groups that hold them (``tables.CandidateTexts``), cut, written, and
+are read from the row groups that hold them (``candidates.CandidateTexts``), cut, written, and
 dropped, so at most one chunk's texts are in memory whatever the pool's size.
 
 Prompt budget. With ``--max-prompt-tokens`` (``aggregator.prompt.max_prompt_tokens``), a
@@ -74,19 +74,14 @@ import pyarrow as pa
 
 from confagg.aggregator_prompt import MARKER
 from confagg.answers import latex_skeleton
+from confagg.candidates import CandidateTexts, load_candidates
 from confagg.confidence import METRICS
+from confagg.files import OutputSet, write_json
 from confagg.methods import disjoint_sets, majority_top
 from confagg.problems import read_problems
 from confagg.seeds import derive_seed
 from confagg.settings import load
-from confagg.tables import (
-    SETS,
-    CandidateTexts,
-    OutputSet,
-    TableWriter,
-    load_candidates,
-    write_json,
-)
+from confagg.tables import SETS, TableWriter
 
 # A text is cut only when estimated at more than this many times the prompt budget, and keeps
 # this many times the characters the builder could show (module docstring: Prompt budget).
@@ -331,7 +326,7 @@ def curate(
     settings: Settings,
 ) -> tuple[list[dict], list[dict], dict, pd.DataFrame]:
     """(train sets, validation sets, summary, usable samples) from the pool's problems and
-    joined samples (``tables.load_candidates``). A set holds the ``rows`` (positions) of its
+    joined samples (``candidates.load_candidates``). A set holds the ``rows`` (positions) of its
     candidates in the usable samples' frame, for :func:`write_sets`."""
     by_id = {p["id"]: p for p in problems}
     unknown = sorted(set(pool["problem_id"]) - by_id.keys())

@@ -25,18 +25,17 @@ import pandas as pd
 import pyarrow as pa
 
 from confagg import methods as mt
+from confagg.candidates import load_candidates
+from confagg.files import OutputSet, write_json
 from confagg.scoring import Online, Spend, evaluate_benchmark
 from confagg.settings import load
 from confagg.tables import (
     AGG_OUTPUTS,
     EVAL_CANDIDATES,
     SAMPLES,
-    OutputSet,
     flat_confidence,
     iter_batches,
-    load_candidates,
     read_table,
-    write_json,
     write_table,
 )
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from confagg.tables import atomic_dir
+from confagg.files import atomic_dir
 
 
 def merge_adapter(model: str, adapter: str, out: str | Path) -> Path:

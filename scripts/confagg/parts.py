@@ -39,15 +39,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from confagg.files import file_mode, named_write
 from confagg.fingerprints import differences
-from confagg.tables import (
-    READ_OPTIONS,
-    SAMPLES,
-    WRITE_OPTIONS,
-    TableWriter,
-    file_mode,
-    named_write,
-)
+from confagg.tables import READ_OPTIONS, SAMPLES, WRITE_OPTIONS, TableWriter
 
 _META_KEY = b"confagg.sample"  # the settings fingerprint, in each part's and the output's schema
 

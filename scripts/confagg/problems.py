@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from confagg.tables import atomic_path
+from confagg.files import atomic_path
 
 FIELDS = ("id", "problem", "answer")
 

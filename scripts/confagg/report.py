@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from confagg.confidence import METRICS
-from confagg.tables import EVAL_CANDIDATES, atomic_path, read_table, write_json
+from confagg.files import atomic_path, write_json
+from confagg.tables import EVAL_CANDIDATES, read_table
 
 # The page of one benchmark's report (string.Template: $name placeholders, CSS braces as is).
 _TEMPLATE = Path(__file__).with_name("templates") / "report.html"

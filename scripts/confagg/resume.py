@@ -42,8 +42,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from confagg.files import atomic_path, write_json
 from confagg.fingerprints import differences, jsonable
-from confagg.tables import atomic_path, write_json
 
 PROCESS_START = time.time()
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to resume

@@ -5,7 +5,7 @@ corpus, saved as an ordinary Hugging Face folder that transformers and vLLM load
 answers nonsense, but it exercises the same code paths as a real Qwen3: the ChatML chat
 template, the ``<|im_end|>`` stop token, ``<think>``/``</think>`` as single tokens. Nothing in
 the workflow uses it (the demo's real model is ``confagg.models``); tests build it through the
-``tiny_model`` fixture. The write is atomic (``confagg.tables.atomic_dir``).
+``tiny_model`` fixture. The write is atomic (``confagg.files.atomic_dir``).
 
 CLI::
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from confagg.tables import atomic_dir
+from confagg.files import atomic_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

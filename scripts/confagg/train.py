@@ -40,6 +40,7 @@ from typing import Any
 
 from confagg import manifest, settings, trainset
 from confagg.answers import final_answer
+from confagg.files import atomic_dir, write_json
 from confagg.fingerprints import sha256
 from confagg.resume import (
     EXIT_STOPPED,
@@ -55,7 +56,6 @@ from confagg.resume import (
     write_log,
 )
 from confagg.seeds import derive_seed
-from confagg.tables import atomic_dir, write_json
 
 # Keys of the training section that are no GRPOConfig field, and what reads them.
 OWN_KEYS = {

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from confagg.tables import SETS, atomic_path, iter_batches
+from confagg.files import atomic_path
+from confagg.tables import SETS, iter_batches
 
 # The rendered prompts of a cache file (an Arrow stream, so that it can be memory-mapped).
 PROMPTS = pa.schema(

@@ -2,7 +2,7 @@
 
 * A page damaged with the footer intact (200 bytes flipped a third of the way into a column
   the stage reads), in a samples, scores, grades and curated table: the stage that reads it
-  stops with a :class:`~confagg.tables.TableError` naming the file, its role and the file to
+  stops with a :class:`~confagg.files.TableError` naming the file, its role and the file to
   delete, and no pyarrow traceback of its own; a single flipped byte that still decompresses is
   caught by the page checksum.
 * Writes into a full file system (a small tmpfs, filled): the error names the output and the
@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_curate import curate_settings
 
+from confagg.files import TableError
 from confagg.parts import Parts
 from confagg.problems import write_problems
-from confagg.tables import SAMPLES, TableError, read_table
+from confagg.tables import SAMPLES, read_table
 from conftest import BIN
 
 from .harness import digest, fault_env
@@ -171,7 +172,7 @@ def assert_named_damage(proc: subprocess.CompletedProcess, path: Path, role: str
     raised without pyarrow's own exception chained to it."""
     err = proc.stderr
     assert proc.returncode != 0, f"the stage read a damaged {path} without an error:\n{err}"
-    line = re.search(r"^confagg\.tables\.TableError: (.*)$", err, re.M)
+    line = re.search(r"^confagg\.files\.TableError: (.*)$", err, re.M)
     assert line, f"no TableError:\n{err[-3000:]}"
     assert line.group(1).startswith(f"{path}: a data page is damaged"), line.group(1)
     assert f"It holds the {role}" in line.group(1) and f"rm {path}," in line.group(1)
@@ -313,7 +314,7 @@ def test_a_full_disk_is_named_and_the_rerun_with_space_is_the_clean_run(
     proc = run.run(stage)
     err = proc.stderr
     assert proc.returncode != 0, f"{stage} succeeded on a full disk"
-    line = re.search(r"^confagg\.tables\.TableError: (.*)$", err, re.M)
+    line = re.search(r"^confagg\.files\.TableError: (.*)$", err, re.M)
     assert line, f"no TableError:\n{err[-3000:]}"
     message = line.group(1)
     assert message.startswith(str(run.root / named)), message
@@ -334,7 +335,7 @@ def test_a_full_disk_is_named_and_the_rerun_with_space_is_the_clean_run(
 
 
 def test_a_part_written_to_a_full_disk_is_named_and_left_out(small_disk):
-    """The sample stage's parts (its only writes outside tables.atomic_path)."""
+    """The sample stage's parts (its only writes outside files.atomic_path)."""
     from .test_hostile import _samples as part_rows
 
     disk, fill = small_disk
@@ -362,7 +363,7 @@ def test_curate_says_which_outputs_are_missing_when_publishing_fails(clean, tmp_
     proc = run.run("curate", env=env)
     assert proc.returncode != 0 and mark.is_file(), proc.stderr[-3000:]
     train, val, summary = run.curated.values()
-    message = re.search(r"^confagg\.tables\.TableError: (.*)$", proc.stderr, re.M).group(1)
+    message = re.search(r"^confagg\.files\.TableError: (.*)$", proc.stderr, re.M).group(1)
     assert f"written: {train}; MISSING: {val}, {summary}" in message, message
     assert train.exists() and not val.exists() and not summary.exists()
     assert _leftovers(run.root) == []

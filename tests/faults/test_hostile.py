@@ -23,13 +23,14 @@ import pytest
 import yaml
 
 from confagg import prepare
+from confagg.candidates import load_candidates
 from confagg.check import check_prompts
 from confagg.config import ConfigError, check_consistency, check_model, validate
 from confagg.parts import PartError, Parts, parts_dir
 from confagg.problems import ProblemFileError, load_file, write_problems
 from confagg.sample import SampleSettings, fingerprint, sample_shard
 from confagg.settings import SettingsError, from_mapping, load
-from confagg.tables import GRADES, SAMPLES, SCORES, load_candidates, read_table, write_table
+from confagg.tables import GRADES, SAMPLES, SCORES, read_table, write_table
 from conftest import REPO, snakemake
 
 from .conftest import tiny_config

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from confagg.tables import atomic_dir, atomic_path
+from confagg.files import atomic_dir, atomic_path
 
 
 def test_a_write_removes_its_own_leftovers_only(tmp_path):
