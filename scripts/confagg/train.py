@@ -510,7 +510,7 @@ def _manifest(args: TrainArgs, s: Settings, trainer, data: trainset.Prompts, see
         run_name=args.run_name,
         steps=trainer.state.global_step,
         args=asdict(args) | {"settings": "(see settings)"},
-        settings=settings.to_dict(s),
+        settings={**settings.to_dict(s), "training": s.training.section()},  # the config's shape
         grpo_args=trainer.args,
         inputs={
             "train": {
