@@ -32,6 +32,7 @@ SHARED = {
     "engine",
     "fingerprints",
     "problems",
+    "provenance",
     "settings",
     "streaming",
     "tables",

@@ -349,7 +349,8 @@ def test_a_1mb_problem_is_named_at_preparation(figures, tmp_path, tiny_model):
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "data/set.jsonl"
     settings = {"source": {"path": str(src)}, "fields": {}, "limit": None}
-    prepare.main(["--settings", json.dumps(settings), str(out)])
+    record = out.with_name("set.source.json")
+    prepare.main(["--settings", json.dumps(settings), "--source-record", str(record), str(out)])
     cfg = tiny_config(tiny_model)
     validate(cfg, SCHEMA)
     settings = {
