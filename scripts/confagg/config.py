@@ -147,6 +147,16 @@ def check_model(spec: str, key: str, revision: str | None = None) -> None:
         )
 
 
+def resolve_aggregator(config: MutableMapping) -> None:
+    """Fill in the aggregator's model: null is the generator's (AggLM: the same Qwen3-1.7B), at
+    the generator's revision unless ``aggregator.revision`` names one; then check it."""
+    aggregator, generator = config["aggregator"], config["generator"]
+    if aggregator["model"] is None:
+        aggregator["model"] = generator["model"]
+        aggregator["revision"] = aggregator["revision"] or generator["revision"]
+    check_model(aggregator["model"], "aggregator.model", aggregator["revision"])
+
+
 def hub_slug(spec: str, revision: str | None = None) -> str:
     """Folder name for a hub model under resources/models/: ``owner--name``, and
     ``owner--name@<revision>`` (percent-encoded: a branch may hold ``/``) for a pinned one, so

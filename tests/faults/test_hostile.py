@@ -24,7 +24,7 @@ import yaml
 
 from confagg import prepare
 from confagg.check import check_prompts
-from confagg.config import ConfigError, check_consistency, check_model, validate
+from confagg.config import ConfigError, check_consistency, resolve_aggregator, validate
 from confagg.parts import PartError, Parts, parts_dir
 from confagg.problems import ProblemFileError, load_file, write_problems
 from confagg.sample import SampleSettings, fingerprint, sample_shard
@@ -60,10 +60,7 @@ def expect_named(figures, kind: str, name: str, run: Callable, exc, pattern: str
 def start(config: dict) -> None:
     """The Snakefile's checks at start (common.smk), in its order."""
     validate(config, SCHEMA)
-    config["aggregator"]["model"] = (
-        config["aggregator"].get("model") or config["generator"]["model"]
-    )
-    check_model(config["aggregator"]["model"], "aggregator.model")
+    resolve_aggregator(config)
     check_consistency(config)
 
 

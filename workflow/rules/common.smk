@@ -28,17 +28,9 @@ try:
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-# The aggregator defaults to the generator's base model (AggLM: the same Qwen3-1.7B), at the
-# generator's revision unless it names its own.
-if config["aggregator"]["model"] is None:
-    config["aggregator"]["model"] = config["generator"]["model"]
-    config["aggregator"]["revision"] = (
-        config["aggregator"]["revision"] or config["generator"]["revision"]
-    )
 try:
-    cfg.check_model(
-        config["aggregator"]["model"], "aggregator.model", config["aggregator"]["revision"]
-    )
+    # the aggregator's model: null is the generator's (AggLM: the same Qwen3-1.7B)
+    cfg.resolve_aggregator(config)
     # keys that are each valid but cannot work together: stop here, before any job
     cfg.check_consistency(config)
 except cfg.ConfigError as e:
