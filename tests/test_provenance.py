@@ -97,10 +97,19 @@ def test_the_aggregator_takes_the_generators_model_at_its_revision_unless_it_nam
     resolve_aggregator(cfg)
     assert (cfg["aggregator"]["model"], cfg["aggregator"]["revision"]) == ("owner/model", "v2")
     cfg = _config(revision="v2")
-    cfg["aggregator"] = {"revision": "v3"}
+    cfg["aggregator"] = {"model": "owner/model"}  # named alike: the same download
     validate(cfg, SCHEMA)
     resolve_aggregator(cfg)
-    assert (cfg["aggregator"]["model"], cfg["aggregator"]["revision"]) == ("owner/model", "v3")
+    assert (cfg["aggregator"]["model"], cfg["aggregator"]["revision"]) == ("owner/model", "v2")
+    for aggregator, expected in [
+        ({"revision": "v3"}, ("owner/model", "v3")),
+        ({"model": "owner/other"}, ("owner/other", None)),
+    ]:
+        cfg = _config(revision="v2")
+        cfg["aggregator"] = aggregator
+        validate(cfg, SCHEMA)
+        resolve_aggregator(cfg)
+        assert (cfg["aggregator"]["model"], cfg["aggregator"]["revision"]) == expected
 
 
 def test_every_revision_has_its_own_model_folder():

@@ -148,12 +148,14 @@ def check_model(spec: str, key: str, revision: str | None = None) -> None:
 
 
 def resolve_aggregator(config: MutableMapping) -> None:
-    """Fill in the aggregator's model: null is the generator's (AggLM: the same Qwen3-1.7B), at
-    the generator's revision unless ``aggregator.revision`` names one; then check it."""
+    """Fill in the aggregator's model: null is the generator's (AggLM: the same Qwen3-1.7B);
+    the generator's model (null or named) is at the generator's revision unless
+    ``aggregator.revision`` names one (one download, not a second of the default branch).
+    Then check it."""
     aggregator, generator = config["aggregator"], config["generator"]
-    if aggregator["model"] is None:
-        aggregator["model"] = generator["model"]
-        aggregator["revision"] = aggregator["revision"] or generator["revision"]
+    aggregator["model"] = aggregator["model"] or generator["model"]
+    if aggregator["revision"] is None and aggregator["model"] == generator["model"]:
+        aggregator["revision"] = generator["revision"]
     check_model(aggregator["model"], "aggregator.model", aggregator["revision"])
 
 
