@@ -47,7 +47,7 @@ def download_commit(folder: str | Path) -> tuple[str | None, str]:
     if len(commits) > 1:
         return None, f"its files come from {len(commits)} commits: {', '.join(sorted(commits))}"
     ((commit, files),) = commits.items()
-    return commit, f"the hub download metadata of {files} files ({meta})"
+    return commit, f"the hub download metadata of {files} file{'s' * (files != 1)} ({meta})"
 
 
 def model_record(folder: str | Path, model: str, revision: str | None, role: str) -> dict:
