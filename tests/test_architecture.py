@@ -34,6 +34,7 @@ SHARED = {
     "files",
     "fingerprints",
     "problems",
+    "provenance",
     "settings",
     "streaming",
     "tables",

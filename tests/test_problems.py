@@ -195,7 +195,8 @@ def _prepare(tmp_path, rows, name="src.jsonl"):
     src.write_text("\n" + "\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "data" / "set.jsonl"
     settings = {"source": {"path": str(src)}, "fields": {}, "limit": None}
-    prepare.main(["--settings", json.dumps(settings), str(out)])
+    record = out.with_name("set.source.json")
+    prepare.main(["--settings", json.dumps(settings), "--source-record", str(record), str(out)])
     return src, out
 
 

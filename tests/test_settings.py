@@ -9,7 +9,18 @@ import re
 import pytest
 import yaml
 
-from confagg import aggregate, check, curate, evaluate, grade, prepare, sample, score, train
+from confagg import (
+    aggregate,
+    check,
+    curate,
+    evaluate,
+    grade,
+    models,
+    prepare,
+    sample,
+    score,
+    train,
+)
 from confagg.config import validate
 from confagg.settings import POOL, RULES, for_rule, from_mapping, load, to_json
 from conftest import REPO
@@ -19,6 +30,7 @@ SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 STAGE_SETTINGS = {
     "prepare_problems": prepare.Settings,
     "check_problems": check.Settings,
+    "record_model": models.Record,
     "sample_shard": sample.SampleSettings,
     "score_shard": score.Settings,
     "grade_shard": grade.Settings,
@@ -41,6 +53,7 @@ def _wildcards(config: dict, rule: str) -> list[dict]:
     return {
         "prepare_problems": [{"dataset": POOL}, {"dataset": benchmark}],
         "check_problems": [{"dataset": POOL}, {"dataset": benchmark}],
+        "record_model": [{"role": "generator"}, {"role": "aggregator"}],
         "sample_shard": [{"dataset": d, "seed": "0", "shard": "0"} for d in (POOL, benchmark)],
         "score_shard": [{"dataset": POOL, "seed": "0", "shard": "0"}],
         "grade_shard": [{"dataset": POOL, "seed": "0", "shard": "0"}],

@@ -12,6 +12,7 @@ import importlib.util
 import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import yaml
 
@@ -98,10 +99,28 @@ def validate(config: MutableMapping, schema_path: str | Path) -> None:
             )
         else:
             problems.append(f"{_key(err.path)}: {err.message}")
+    problems = problems or _source_revisions(config)  # (the sections' shapes are valid)
     problems += check_trl_keys(config, schema)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    check_model(config["generator"]["model"], "generator.model")
+    check_model(config["generator"]["model"], "generator.model", config["generator"]["revision"])
+
+
+def _source_revisions(config: Mapping) -> list[str]:
+    """A ``revision`` belongs to a hub source only: one given for a file, a URL or the demo
+    problems would be silently ignored, so it stops the run naming its key."""
+    sections = {"training_pool": config["training_pool"]}
+    sections.update({f"benchmarks.{n}": b for n, b in config["benchmarks"].items()})
+    problems = []
+    for key, section in sections.items():
+        source = section["source"]
+        if source.get("revision") is not None and "hub" not in source:
+            kind = next((k for k in ("path", "url", "demo") if k in source), "?")
+            problems.append(
+                f"{key}.source.revision: {source['revision']!r} applies only to a hub source "
+                f"(source: {{hub: ...}}); this source is a {kind}"
+            )
+    return problems
 
 
 # GRPOConfig fields that confagg.train sets itself (from the job, the machine or other keys): a
@@ -213,18 +232,47 @@ def model_kind(spec: str) -> str:
     return "missing"
 
 
-def check_model(spec: str, key: str) -> None:
-    """Fail fast on a model that is neither a folder, a hub id nor the packaged SmolLM2."""
-    if model_kind(spec) == "missing":
+def check_model(spec: str, key: str, revision: str | None = None) -> None:
+    """Fail fast on a model that is neither a folder, a hub id nor the packaged SmolLM2, and on
+    a ``revision`` (the key beside ``key``) given for a model that is not a hub id."""
+    kind = model_kind(spec)
+    if kind == "missing":
         raise ConfigError(
             f"invalid configuration:\n  {key}: {spec!r} is not an existing model "
             f"folder, a hub id like 'Qwen/Qwen3-1.7B', or {SMOLLM2!r}"
         )
+    if revision is not None and kind != "hub":
+        what = "a local model folder" if kind == "local" else "the packaged SmolLM2"
+        raise ConfigError(
+            f"invalid configuration:\n  {key.rsplit('.', 1)[0]}.revision: {revision!r} applies "
+            f"only to a hub model; {key} {spec!r} is {what}"
+        )
 
 
-def hub_slug(spec: str) -> str:
-    """Folder name for a hub model under resources/models/."""
-    return spec.replace("/", "--")
+def resolve_aggregator(config: MutableMapping) -> None:
+    """Fill in the aggregator's model: null is the generator's (AggLM: the same Qwen3-1.7B);
+    the generator's model (null or named) is at the generator's revision unless
+    ``aggregator.revision`` names one (one download, not a second of the default branch).
+    Then check it."""
+    aggregator, generator = config["aggregator"], config["generator"]
+    aggregator["model"] = aggregator["model"] or generator["model"]
+    if aggregator["revision"] is None and aggregator["model"] == generator["model"]:
+        aggregator["revision"] = generator["revision"]
+    check_model(aggregator["model"], "aggregator.model", aggregator["revision"])
+
+
+def hub_slug(spec: str, revision: str | None = None) -> str:
+    """Folder name for a hub model under resources/models/: ``owner--name``, and
+    ``owner--name@<revision>`` (percent-encoded: a branch may hold ``/``) for a pinned one, so
+    that every revision has its own folder (``hub_model`` reads it back)."""
+    slug = spec.replace("/", "--")
+    return slug if revision is None else f"{slug}@{quote(revision, safe='')}"
+
+
+def hub_model(slug: str) -> tuple[str, str | None]:
+    """``(hub id, revision)`` of a folder name written by ``hub_slug``."""
+    name, _, revision = slug.partition("@")
+    return name.replace("--", "/", 1), (unquote(revision) if revision else None)
 
 
 # vLLM's default cap on logprobs per token (engine argument max_logprobs)

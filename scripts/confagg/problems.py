@@ -3,9 +3,10 @@ and write and read the normalised JSONL every later stage reads (``confagg.prepa
 ``confagg.check`` checks its prompts' lengths).
 
 Sources (config ``source:``): ``{path: file.jsonl|file.parquet}``, ``{hub: dataset-id, split:,
-subset:}`` (Hugging Face datasets, run on the login node by a local rule), ``{url: ...}`` or
-``{demo: {n:, seed:}}`` (generated arithmetic problems with exact answers for the CPU demo).
-``fields:`` maps the source's column names onto ``id``/``problem``/``answer``.
+subset:, revision:}`` (Hugging Face datasets, run on the login node by a local rule), ``{url: ...}``
+or ``{demo: {n:, seed:}}`` (generated arithmetic problems with exact answers for the CPU demo).
+``fields:`` maps the source's column names onto ``id``/``problem``/``answer``. ``load_source``
+also tells what exactly was read (``record``: the hub commit, a file's sha256).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from confagg.files import atomic_path
+from confagg.files import OutputSet, atomic_path
+from confagg.fingerprints import sha256
+from confagg.provenance import is_commit, pinned_mismatch
 
 FIELDS = ("id", "problem", "answer")
 
@@ -137,13 +140,38 @@ def load_file(
 
 
 def load_hub(
-    dataset: str, split: str, subset: str | None, fields: Mapping[str, str] | None = None
+    dataset: str,
+    split: str,
+    subset: str | None,
+    fields: Mapping[str, str] | None = None,
+    revision: str | None = None,
+    record: dict | None = None,
 ) -> list[dict]:
-    """Problems from a Hugging Face dataset (needs network: a local rule on the login node)."""
+    """Problems from a Hugging Face dataset at ``revision`` (None: the default branch; needs
+    network: a local rule on the login node). ``record``, when given, receives the ``commit``
+    read and a ``note`` on how it is known: ``datasets`` builds a hub dataset under its commit
+    hash, and offline reads the latest cached copy under the hash it was built with."""
     import datasets
 
-    ds = datasets.load_dataset(dataset, subset, split=split)
-    origin = f"{dataset}[{split}]"
+    origin = f"{dataset}[{split}]" + (f"@{revision}" if revision else "")
+    builder = datasets.load_dataset_builder(dataset, subset, revision=revision)
+    commit = builder.hash if is_commit(builder.hash) else None
+    cached = builder.__module__.endswith("packaged_modules.cache.cache")
+    mismatch = pinned_mismatch(revision, commit)
+    if mismatch:
+        raise ProblemFileError(
+            f"{origin}: {mismatch} (the latest copy in the datasets cache, the hub being out "
+            "of reach): run where the hub is reachable, or pin the cached commit"
+        )
+    builder.download_and_prepare()
+    ds = builder.as_dataset(split=split)
+    if record is not None:
+        note = "the latest cached copy (the hub out of reach)" if cached else "from the hub"
+        if commit is None:
+            note = "datasets did not name the commit it read"
+        elif cached and revision is not None and not is_commit(revision):
+            note += f", not checked against {revision!r}"
+        record.update(commit=commit, note=note)
     return _check_records(_table_records(ds, origin), fields or {}, origin)
 
 
@@ -195,22 +223,43 @@ def demo_problems(n: int, seed: int) -> list[dict]:
     return out
 
 
-def load_source(source: Mapping, fields: Mapping[str, str] | None, dest: Path) -> list[dict]:
-    """Problems from one configured ``source`` mapping (see the module docstring)."""
+def load_source(
+    source: Mapping, fields: Mapping[str, str] | None, dest: Path, record: dict | None = None
+) -> list[dict]:
+    """Problems from one configured ``source`` mapping (see the module docstring). ``record``,
+    when given, receives what was read: ``kind`` (path, url, hub or demo), ``revision`` (asked
+    for), ``commit`` (the hub commit read), ``sha256`` (of the file read) and a ``note``."""
+    info: dict = {"kind": None, "revision": None, "commit": None, "sha256": None, "note": None}
     if "path" in source:
-        return load_file(source["path"], fields)
-    if "hub" in source:
-        return load_hub(source["hub"], source.get("split", "test"), source.get("subset"), fields)
-    if "url" in source:
-        return load_url(source["url"], dest.with_name(dest.stem + ".download"), fields)
-    if "demo" in source:
-        return demo_problems(source["demo"]["n"], source["demo"]["seed"])
-    raise ProblemFileError(f"unknown source {dict(source)}: expected path, hub, url or demo")
+        problems = load_file(source["path"], fields)
+        info.update(kind="path", sha256=sha256(source["path"]), note="a local file")
+    elif "hub" in source:
+        revision = source.get("revision")
+        info.update(kind="hub", revision=revision)
+        problems = load_hub(
+            source["hub"], source.get("split", "test"), source.get("subset"), fields, revision, info
+        )
+    elif "url" in source:
+        download = dest.with_name(dest.stem + ".download")
+        problems = load_url(source["url"], download, fields)
+        target = download_path(source["url"], download)
+        info.update(kind="url", sha256=sha256(target), note=f"downloaded to {target}")
+    elif "demo" in source:
+        problems = demo_problems(source["demo"]["n"], source["demo"]["seed"])
+        info.update(kind="demo", note="generated (confagg.problems.demo_problems)")
+    else:
+        raise ProblemFileError(f"unknown source {dict(source)}: expected path, hub, url or demo")
+    if record is not None:
+        record.update(info)
+    return problems
 
 
-def write_problems(problems: list[dict], path: str | Path) -> None:
-    """Write the normalised problem set as JSONL, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+def write_problems(
+    problems: list[dict], path: str | Path, together: OutputSet | None = None
+) -> None:
+    """Write the normalised problem set as JSONL, atomically (``together``: see
+    ``tables.OutputSet``)."""
+    with atomic_path(path, together) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for p in problems:
             f.write(json.dumps({k: p[k] for k in FIELDS}, ensure_ascii=False) + "\n")
 

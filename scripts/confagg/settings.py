@@ -145,6 +145,14 @@ def _check_problems(config: Mapping, dataset: str) -> dict:
     }
 
 
+def _record_model(config: Mapping, role: str) -> dict:
+    return {
+        "role": role,
+        "model": config[role]["model"],
+        "revision": config[role]["revision"],
+    }
+
+
 def _sample_shard(config: Mapping, dataset: str, **_) -> dict:
     sampling = dict(config["sampling"], n=samples_per_problem(config, dataset))
     return {
@@ -226,6 +234,7 @@ def _evaluate_seed(config: Mapping, **_) -> dict:
 RULES = {
     "prepare_problems": _prepare_problems,
     "check_problems": _check_problems,
+    "record_model": _record_model,
     "sample_shard": _sample_shard,
     "score_shard": _score_shard,
     "grade_shard": _grade_shard,

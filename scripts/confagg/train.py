@@ -138,6 +138,7 @@ class Training:
 @dataclass(frozen=True)
 class Aggregator:
     model: str | None
+    revision: str | None  # the hub revision asked for (None: the default branch)
     chat_template_kwargs: dict
     prompt: dict  # the aggregator.prompt section, read by confagg.aggregator_prompt
 
@@ -512,15 +513,7 @@ def _manifest(args: TrainArgs, s: Settings, trainer, data: trainset.Prompts, see
         args=asdict(args) | {"settings": "(see settings)"},
         settings={**settings.to_dict(s), "training": s.training.section()},  # the config's shape
         grpo_args=trainer.args,
-        inputs={
-            "train": {
-                "path": args.train,
-                "sets": data.sets,
-                "truncated": data.truncated,
-            },
-            "val": args.val,
-            "model": args.model,
-        },
+        inputs=manifest.inputs(args.train, data, args.val, args.model, s.aggregator),
         seeds={"run": args.seed, "train": seed},
         rollouts=rollout_path(trainer),
         rollout_adjustments=_adjustments(trainer),

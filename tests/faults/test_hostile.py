@@ -25,7 +25,7 @@ import yaml
 from confagg import prepare
 from confagg.candidates import load_candidates
 from confagg.check import check_prompts
-from confagg.config import ConfigError, check_consistency, check_model, validate
+from confagg.config import ConfigError, check_consistency, resolve_aggregator, validate
 from confagg.parts import PartError, Parts, parts_dir
 from confagg.problems import ProblemFileError, load_file, write_problems
 from confagg.sample import SampleSettings, fingerprint, sample_shard
@@ -61,10 +61,7 @@ def expect_named(figures, kind: str, name: str, run: Callable, exc, pattern: str
 def start(config: dict) -> None:
     """The Snakefile's checks at start (common.smk), in its order."""
     validate(config, SCHEMA)
-    config["aggregator"]["model"] = (
-        config["aggregator"].get("model") or config["generator"]["model"]
-    )
-    check_model(config["aggregator"]["model"], "aggregator.model")
+    resolve_aggregator(config)
     check_consistency(config)
 
 
@@ -350,7 +347,8 @@ def test_a_1mb_problem_is_named_at_preparation(figures, tmp_path, tiny_model):
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "data/set.jsonl"
     settings = {"source": {"path": str(src)}, "fields": {}, "limit": None}
-    prepare.main(["--settings", json.dumps(settings), str(out)])
+    record = out.with_name("set.source.json")
+    prepare.main(["--settings", json.dumps(settings), "--source-record", str(record), str(out)])
     cfg = tiny_config(tiny_model)
     validate(cfg, SCHEMA)
     settings = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from confagg import config as cfg
 from confagg import settings as rule_settings
-from confagg.config import SMOLLM2, hub_slug, model_kind
+from confagg.config import SMOLLM2, hub_model, hub_slug, model_kind
 from confagg.settings import POOL, num_shards, samples_per_problem
 
 # Snakemake 9.27 does not pass --replace-workflow-config on to the jobs it submits to a cluster
@@ -28,10 +28,9 @@ try:
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-# The aggregator defaults to the generator's base model (AggLM: the same Qwen3-1.7B).
-config["aggregator"]["model"] = config["aggregator"]["model"] or config["generator"]["model"]
 try:
-    cfg.check_model(config["aggregator"]["model"], "aggregator.model")
+    # the aggregator's model: null is the generator's (AggLM: the same Qwen3-1.7B)
+    cfg.resolve_aggregator(config)
     # keys that are each valid but cannot work together: stop here, before any job
     cfg.check_consistency(config)
 except cfg.ConfigError as e:
@@ -50,6 +49,9 @@ BENCHMARKS = list(config["benchmarks"])
 
 wildcard_constraints:
     dataset="|".join([POOL, *BENCHMARKS]),
+    role="generator|aggregator",
+    # owner--name[@revision] (confagg.config.hub_slug)
+    hub_model=r"[A-Za-z0-9][\w.-]*--[\w.-]+(@[^/]+)?",
     benchmark="|".join(BENCHMARKS),
     seed=r"\d+",
     shard=r"\d+",
@@ -71,14 +73,25 @@ def stage_settings(rule):
     return settings_json
 
 
-def model_dir(spec):
-    """The folder a model spec resolves to (built or downloaded by a rule when not local)."""
+def model_dir(role):
+    """The folder the model of ``role`` ("generator" or "aggregator") resolves to (built or
+    downloaded by a rule when not local). A hub model's folder names its revision: a rerun with
+    another revision downloads into a folder of its own (and reruns what read the old one)
+    instead of replacing weights that other runs or configs may still use."""
+    spec, revision = config[role]["model"], config[role]["revision"]
     kind = model_kind(spec)
     if kind == "local":
         return spec
     if kind == "smollm2":
         return f"resources/models/{SMOLLM2}"
-    return f"resources/models/{hub_slug(spec)}"
+    return f"resources/models/{hub_slug(spec, revision)}"
+
+
+def revision_args(wildcards):
+    """Params function: ``hf download``'s revision option for a hub model folder (none: the
+    hub's default branch)."""
+    _, revision = hub_model(wildcards.hub_model)
+    return [] if revision is None else ["--revision", revision]
 
 
 def shard_files(step, dataset):

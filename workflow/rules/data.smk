@@ -3,9 +3,11 @@
 
 
 rule prepare_problems:
-    """Normalise one data set ({id, problem, answer} JSONL) from its configured source."""
+    """Normalise one data set ({id, problem, answer} JSONL) from its configured source, with a
+    record of what was read (the hub revision asked for and the commit read, a file's sha256)."""
     output:
-        f"{OUT}/data/{{dataset}}.jsonl",
+        source=f"{OUT}/data/{{dataset}}.source.json",
+        problems=f"{OUT}/data/{{dataset}}.jsonl",
     params:
         settings=stage_settings("prepare_problems"),
     conda:
@@ -15,7 +17,8 @@ rule prepare_problems:
     localrule: True
     shell:
         # every string :q-quoted: a path or prompt may hold ', ", $, `, \ or a newline
-        "python -m confagg.prepare --settings {params.settings:q} {output:q} > {log:q} 2>&1"
+        "python -m confagg.prepare --settings {params.settings:q}"
+        " --source-record {output.source:q} {output.problems:q} > {log:q} 2>&1"
 
 
 # A checkpoint: Snakemake re-evaluates the jobs that read its output once it has run, so a
@@ -28,8 +31,8 @@ checkpoint check_problems:
     its file, line and id before any sampling job, which waits for this one."""
     input:
         problems=f"{OUT}/data/{{dataset}}.jsonl",
-        generator=model_dir(config["generator"]["model"]),
-        aggregator=model_dir(config["aggregator"]["model"]),
+        generator=model_dir("generator"),
+        aggregator=model_dir("aggregator"),
     output:
         f"{OUT}/data/{{dataset}}.check.json",
     params:
@@ -59,15 +62,36 @@ rule convert_smollm2:
 
 
 rule download_model:
-    """A hub model into resources/models/<owner>--<name> (compute nodes run offline)."""
+    """A hub model into resources/models/<owner>--<name>[@<revision>] (compute nodes run
+    offline): the hub's default branch, or the config's revision (its own folder)."""
     output:
-        directory("resources/models/{owner}--{name}"),
+        directory("resources/models/{hub_model}"),
     params:
-        repo="{owner}/{name}",
+        repo=lambda wc: hub_model(wc.hub_model)[0],
+        revision=revision_args,
     conda:
         "../../envs/cpu.yaml"
     log:
-        "logs/models/{owner}--{name}.log",
+        "logs/models/{hub_model}.log",
     localrule: True
     shell:
-        "hf download {params.repo:q} --local-dir {output:q} > {log:q} 2>&1"
+        "hf download {params.repo:q} {params.revision:q} --local-dir {output:q} > {log:q} 2>&1"
+
+
+rule record_model:
+    """Where a role's model came from (the hub revision asked for, the commit downloaded; a
+    local folder; the packaged SmolLM2), for the reports: results/<run>/models/<role>.source.json."""
+    input:
+        lambda wc: model_dir(wc.role),
+    output:
+        f"{OUT}/models/{{role}}.source.json",
+    params:
+        settings=stage_settings("record_model"),
+    conda:
+        "../../envs/cpu.yaml"
+    log:
+        f"{LOGS}/record_model/{{role}}.log",
+    localrule: True
+    shell:
+        "python -m confagg.models record --settings {params.settings:q} {input:q} {output:q}"
+        " > {log:q} 2>&1"

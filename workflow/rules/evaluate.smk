@@ -11,7 +11,7 @@ rule aggregate_sets:
         samples=eval_shards("samples"),
         scores=eval_shards("scores"),
         grades=eval_shards("grades"),
-        model=model_dir(config["aggregator"]["model"]),
+        model=model_dir("aggregator"),
         trained=list(trained_aggregators().values()),
     output:
         f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",

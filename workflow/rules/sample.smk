@@ -5,7 +5,7 @@ rule sample_shard:
     """n solutions per problem of one shard with vLLM, with per-token confidence."""
     input:
         problems=f"{OUT}/data/{{dataset}}.jsonl",
-        model=model_dir(config["generator"]["model"]),
+        model=model_dir("generator"),
         # prompt lengths checked first (a checkpoint: a recheck that finds nothing new, after
         # an aggregator setting changed, does not resample)
         checked=f"{OUT}/data/{{dataset}}.check.json",

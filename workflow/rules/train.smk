@@ -15,7 +15,7 @@ rule train_aggregator:
     input:
         train=f"{OUT}/curated/train.parquet",
         val=f"{OUT}/curated/val.parquet",
-        model=model_dir(config["aggregator"]["model"]),
+        model=model_dir("aggregator"),
     output:
         adapter=directory(f"{OUT}/train/{{variant}}/adapter"),
         log=f"{OUT}/train/{{variant}}/log.jsonl",
@@ -50,7 +50,7 @@ rule merge_adapter:
     folder: evaluation.trained_model "merged" serves it without LoRA; users can ship it)."""
     input:
         adapter=f"{OUT}/train/{{variant}}/adapter",
-        model=model_dir(config["aggregator"]["model"]),
+        model=model_dir("aggregator"),
     output:
         directory(f"{OUT}/train/{{variant}}/merged"),
     conda:
