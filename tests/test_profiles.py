@@ -68,3 +68,14 @@ def test_a_slurm_profile_already_there_is_left_alone(workdir):
     assert (theirs / "config.yaml").read_text() == "executor: slurm\njobs: 7\n"
     assert _dry_run("confagg-slurm", home, workdir)["sample_shard"] == 88
     assert "already links" in _link(home).stdout
+
+
+def test_a_broken_link_is_no_profile_and_gets_replaced(workdir):
+    """A link left by a checkout since deleted holds no profile: the step links this one there."""
+    home = workdir / "home"
+    link = home / ".config/snakemake/slurm"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(workdir / "deleted-checkout/profiles/slurm")
+    assert "in place of a broken link" in _link(home).stdout
+    assert link.resolve() == (REPO / "profiles/slurm").resolve()
+    assert sorted(p.name for p in link.parent.iterdir()) == ["slurm"]

@@ -2,8 +2,9 @@
 # Lets `snakemake --profile slurm` (a bare profile name, as Snakemake's docs and the cluster
 # profile templates teach) find this checkout's profiles/slurm: links it into the user's
 # Snakemake profile folder, where Snakemake looks a name up after the current folder
-# (~/.config/snakemake on Linux). Never replaces a profile already there: when `slurm` is taken,
-# the link is named `confagg-slurm`. Says which name it linked; running it again changes nothing.
+# (~/.config/snakemake on Linux). Never replaces a profile already there (only a broken link):
+# when `slurm` is taken, the link is named `confagg-slurm`. Says which name it linked; running it
+# again changes nothing.
 #   bash tools/link_slurm_profile.sh [PYTHON]    (setup.sh runs it with .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +25,14 @@ for name in "${names[@]}"; do
 done
 for name in "${names[@]}"; do
     link="$folder/$name"
-    if [ ! -e "$link" ] && [ ! -L "$link" ]; then
+    # free: nothing there, or a broken link (e.g. to a checkout since deleted), no profile
+    if [ ! -e "$link" ]; then
+        note=""
+        [ -L "$link" ] && note=" (in place of a broken link to $(readlink "$link"))"
+        [ "$name" = slurm ] || note="$note (the profile '$folder/slurm' there is left as it is)"
         mkdir -p "$folder"
-        ln -s "$source_dir" "$link"
-        kept=""
-        [ "$name" = slurm ] || kept=" (the profile '$folder/slurm' already there is left as it is)"
-        echo "Linked Snakemake profile '$name' -> $source_dir$kept: snakemake --profile $name"
+        ln -sfn "$source_dir" "$link"
+        echo "Linked Snakemake profile '$name' -> $source_dir$note: snakemake --profile $name"
         exit 0
     fi
 done
