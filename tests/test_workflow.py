@@ -209,15 +209,14 @@ def test_report_for_a_real_benchmark(tiny_run):
 
 def test_snakemake_report_holds_every_registered_result(tiny_run):
     """`snakemake --report report.zip` (the README's command) of the finished run: Snakemake's
-    page, and every output registered with report() (each benchmark's report.html, the summary,
-    any figure) as the very bytes the run wrote."""
+    page, and every output registered with report() (each benchmark's report.html, the summary;
+    any figure registered later is held to the same) as the very bytes the run wrote."""
     workdir, out = tiny_run
     config_args = ("--configfile", "tiny.yaml", "--replace-workflow-config")
     snakemake(*config_args, "--report", "report.zip", cwd=workdir)
     with zipfile.ZipFile(workdir / "report.zip") as archive:
         names = archive.namelist()
         assert "report/report.html" in names
-        page = archive.read("report/report.html").decode()
         results = {n: archive.read(n) for n in names if n.startswith("report/data/raw/")}
     # each result is one of the run's files, byte for byte, under its own name
     written = {(p.name, p.read_bytes()): p.relative_to(out) for p in out.rglob("*") if p.is_file()}
@@ -230,8 +229,6 @@ def test_snakemake_report_holds_every_registered_result(tiny_run):
     assert benchmarks >= {"mini"}
     expected = {Path("summary.md")} | {Path(f"reports/{b}/report.html") for b in benchmarks}
     assert found >= expected, expected - found
-    for category in ("Benchmarks", "Summary"):
-        assert category in page
 
 
 def _sample_cmd(problems, model, out, chunk=1, n=3):
