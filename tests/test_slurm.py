@@ -231,6 +231,7 @@ def _setup(workdir: Path, tiny_model: Path, prefix: str, set_resources=None, **c
     return ("--profile", str(profile), *args)
 
 
+@pytest.mark.services  # starts Slurm, munge and MariaDB (as root: installs them)
 def test_workflow_runs_through_slurm(local_slurm, workdir, tiny_model):
     """Every job of the tiny workflow that snakemake does not run itself is a Slurm job; GPU
     rules carry a GPU request, the others none."""
@@ -272,6 +273,7 @@ def test_workflow_runs_through_slurm(local_slurm, workdir, tiny_model):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@pytest.mark.services  # starts Slurm, munge and MariaDB (as root: installs them)
 def test_killed_job_is_resubmitted_and_resumes(local_slurm, workdir, tiny_model):
     """A sampling job killed midway (`scancel --signal=TERM`: its processes die, as
     on a crash or a preemption that signals the job) is resubmitted by the profile's `retries`;

@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import time
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -203,6 +205,30 @@ def test_report_for_a_real_benchmark(tiny_run):
     assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
     overall = (out / "summary.md").read_text()
     assert "aime24 (k=2)" in overall and "mini (k=2)" in overall
+
+
+def test_snakemake_report_holds_every_registered_result(tiny_run):
+    """`snakemake --report report.zip` (the README's command) of the finished run: Snakemake's
+    page, and every output registered with report() (each benchmark's report.html, the summary;
+    any figure registered later is held to the same) as the very bytes the run wrote."""
+    workdir, out = tiny_run
+    config_args = ("--configfile", "tiny.yaml", "--replace-workflow-config")
+    snakemake(*config_args, "--report", "report.zip", cwd=workdir)
+    with zipfile.ZipFile(workdir / "report.zip") as archive:
+        names = archive.namelist()
+        assert "report/report.html" in names
+        results = {n: archive.read(n) for n in names if n.startswith("report/data/raw/")}
+    # each result is one of the run's files, byte for byte, under its own name
+    written = {(p.name, p.read_bytes()): p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    found = set()
+    for member, data in results.items():
+        key = (member.rsplit("/", 1)[1], data)
+        assert key in written, f"{member} in the report is none of the run's files"
+        found.add(written[key])
+    benchmarks = {p.name for p in (out / "reports").iterdir() if p.is_dir()}
+    assert benchmarks >= {"mini"}
+    expected = {Path("summary.md")} | {Path(f"reports/{b}/report.html") for b in benchmarks}
+    assert found >= expected, expected - found
 
 
 def _sample_cmd(problems, model, out, chunk=1, n=3):

@@ -75,7 +75,7 @@ def stage_settings(rule):
 
 def model_dir(role):
     """The folder the model of ``role`` ("generator" or "aggregator") resolves to (built or
-    downloaded by a rule when not local). A hub model's folder names its revision: a rerun with
+    downloaded by a job of its own when not local). A hub model's folder names its revision: a rerun with
     another revision downloads into a folder of its own (and reruns what read the old one)
     instead of replacing weights that other runs or configs may still use."""
     spec, revision = config[role]["model"], config[role]["revision"]

@@ -13,12 +13,10 @@ rule curate_sets:
         train=f"{OUT}/curated/train.parquet",
         val=f"{OUT}/curated/val.parquet",
         summary=f"{OUT}/curated/summary.json",
-    params:
-        settings=stage_settings("curate_sets"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/curate_sets/curate_sets.log",
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         # one row of metadata per sample (~1 KB, 3 KB with the join's copies) over a base for
@@ -26,6 +24,8 @@ rule curate_sets:
         # time follows the pool's size (~45 MB/s measured: 10x slack)
         mem_mb=lambda wc, input: 2000 + scores_rows(input.scores) * 3 // 1024,
         runtime=lambda wc, input: 30 + int(input.size_mb / 250),
+    params:
+        settings=stage_settings("curate_sets"),
     shell:
         "python -m confagg.curate --problems {input.problems} --samples {input.samples}"
         " --scores {input.scores} --grades {input.grades} --benchmarks {input.benchmarks}"

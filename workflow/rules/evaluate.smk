@@ -15,23 +15,23 @@ rule aggregate_sets:
         trained=list(trained_aggregators().values()),
     output:
         f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
+    log:
+        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.benchmark.tsv"
+    conda:
+        "../../envs/vllm.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=64000,
+        runtime="6h",
     params:
         settings=stage_settings("aggregate_sets"),
         # --trained <variant>=<adapter or merged model> ...
         trained=lambda wc: " ".join(
             f"--trained {v}={path}" for v, path in trained_aggregators().items()
         ),
-    conda:
-        "../../envs/vllm.yaml"
-    log:
-        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.log",
-    benchmark:
-        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.benchmark.tsv"
-    threads: 8
-    resources:
-        gpu=1,
-        mem_mb=64000,
-        runtime="6h",
     shell:
         "HF_HUB_OFFLINE=1 python -m confagg.aggregate --problems {input.problems}"
         " --samples {input.samples} --scores {input.scores} --grades {input.grades}"
@@ -49,17 +49,17 @@ rule evaluate_seed:
     output:
         metrics=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/metrics.json",
         candidates=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/candidates.parquet",
-    params:
-        settings=stage_settings("evaluate_seed"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/evaluate_seed/{{benchmark}}/seed{{seed}}.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
     resources:
         # a row of metadata per sample (3 KB with copies); confidences read batch by batch
         mem_mb=lambda wc, input: 2000 + scores_rows(input.scores) * 3 // 1024,
         runtime=lambda wc, input: 10 + int(input.size_mb / 200),
-    localrule: True
+    params:
+        settings=stage_settings("evaluate_seed"),
     shell:
         "python -m confagg.evaluate --samples {input.samples} --scores {input.scores}"
         " --grades {input.grades} --aggregator {input.aggregators}"
@@ -89,15 +89,15 @@ rule report_benchmark:
         ),
         metrics=f"{OUT}/reports/{{benchmark}}/metrics.json",
         summary=f"{OUT}/reports/{{benchmark}}/summary.md",
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/report_benchmark/{{benchmark}}.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
     resources:
         # the seeds' candidates tables (a few columns a sample, read whole) and the plots
         mem_mb=lambda wc, input: 2000 + 20 * int(input.size_mb),
         runtime=lambda wc, input: 10 + int(input.size_mb),
-    localrule: True
     shell:
         "python -m confagg.report benchmark --name {wildcards.benchmark}"
         " --metrics {input.metrics} --candidates {input.candidates} --curation {input.curation}"
@@ -111,14 +111,14 @@ rule report_summary:
         expand(f"{OUT}/reports/{{benchmark}}/metrics.json", benchmark=BENCHMARKS),
     output:
         report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/report_summary.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    localrule: True
     shell:
         "python -m confagg.report summary {input} --out {output} > {log} 2>&1"
 
@@ -129,7 +129,7 @@ for _name in BENCHMARKS:
     rule:
         name:
             f"report_{_name}"
+        default_target: False
         input:
             f"{OUT}/reports/{_name}/report.html",
         localrule: True
-        default_target: False

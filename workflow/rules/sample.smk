@@ -11,14 +11,12 @@ rule sample_shard:
         checked=f"{OUT}/data/{{dataset}}.check.json",
     output:
         f"{OUT}/samples/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
-    params:
-        settings=stage_settings("sample_shard"),
-    conda:
-        "../../envs/vllm.yaml"
     log:
         f"{LOGS}/sample_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
     benchmark:
         f"{LOGS}/sample_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.benchmark.tsv"
+    conda:
+        "../../envs/vllm.yaml"
     threads: 8
     resources:
         gpu=1,
@@ -35,11 +33,13 @@ rule sample_shard:
             // 2**20
         ),
         runtime="12h",
+    params:
+        settings=stage_settings("sample_shard"),
     shell:
         # every string :q-quoted (a prompt may hold quotes, $, backticks, newlines); the log
         # starts with the very word the stage receives as its settings
         "settings={params.settings:q}; printf 'settings: %s\\n' \"$settings\" > {log:q};"
         " HF_HUB_OFFLINE=1 python -m confagg.sample --problems {input.problems:q}"
         " --dataset {wildcards.dataset} --shard {wildcards.shard}"
-        " --seed {wildcards.seed} --model {input.model:q} --settings \"$settings\""
+        ' --seed {wildcards.seed} --model {input.model:q} --settings "$settings"'
         " {output:q} >> {log:q} 2>&1"

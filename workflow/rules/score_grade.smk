@@ -9,18 +9,18 @@ rule score_shard:
         f"{OUT}/samples/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
     output:
         f"{OUT}/scores/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
-    params:
-        settings=stage_settings("score_shard"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/score_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         # batch by batch: about 0.5 GB whatever the shard (benchmarks/bench_scale.py); time
         # follows its size (~20 MB/s measured on 2 slow cores: 10x slack)
         mem_mb=2000,
         runtime=lambda wc, input: 10 + int(input.size_mb / 200),
+    params:
+        settings=stage_settings("score_shard"),
     shell:
         "python -m confagg.score --settings {params.settings:q} {input:q} {output:q}"
         " > {log:q} 2>&1"
@@ -33,12 +33,10 @@ rule grade_shard:
         samples=f"{OUT}/samples/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
     output:
         f"{OUT}/grades/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
-    params:
-        settings=stage_settings("grade_shard"),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         f"{LOGS}/grade_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
+    conda:
+        "../../envs/cpu.yaml"
     threads: config["grading"]["processes"]
     resources:
         # the texts are read batch by batch (0.35 GB for a full-size shard: benchmarks/
@@ -47,6 +45,8 @@ rule grade_shard:
         # answers: 20x slack)
         mem_mb=lambda wc, threads: 2000 + 1000 * threads,
         runtime=lambda wc, input: 30 + int(input.size_mb / 50),
+    params:
+        settings=stage_settings("grade_shard"),
     shell:
         "python -m confagg.grade --problems {input.problems:q} --processes {threads}"
         " --settings {params.settings:q} {input.samples:q} {output:q} > {log:q} 2>&1"

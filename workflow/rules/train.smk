@@ -20,23 +20,23 @@ rule train_aggregator:
         adapter=directory(f"{OUT}/train/{{variant}}/adapter"),
         log=f"{OUT}/train/{{variant}}/log.jsonl",
         manifest=f"{OUT}/train/{{variant}}/manifest.json",
+    log:
+        f"{LOGS}/train_aggregator/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/train_aggregator/{{variant}}.benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 8
+    resources:
+        gpu=config["training"]["gpus"],
+        mem_mb=64000,
+        runtime="24h",
     params:
         out=lambda wc, output: os.path.dirname(output.log),
         launch=accelerate_args,
         settings=stage_settings("train_aggregator"),
         seed=config["seed"],
         run_name=lambda wc: f"{config['run_name']}-{wc.variant}",
-    conda:
-        "../../envs/train.yaml"
-    log:
-        f"{LOGS}/train_aggregator/{{variant}}.log",
-    benchmark:
-        f"{LOGS}/train_aggregator/{{variant}}.benchmark.tsv"
-    threads: 8
-    resources:
-        gpu=config["training"]["gpus"],
-        mem_mb=64000,
-        runtime="24h",
     shell:
         # USR1 is ignored by the shell and the launcher (the trainer handles it: save, stop).
         "trap '' USR1; HF_HUB_OFFLINE=1 accelerate launch {params.launch} -m confagg.train"
@@ -53,10 +53,10 @@ rule merge_adapter:
         model=model_dir("aggregator"),
     output:
         directory(f"{OUT}/train/{{variant}}/merged"),
-    conda:
-        "../../envs/train.yaml"
     log:
         f"{LOGS}/merge_adapter/{{variant}}.log",
+    conda:
+        "../../envs/train.yaml"
     threads: 4
     resources:
         mem_mb=32000,
