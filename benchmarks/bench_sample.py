@@ -162,7 +162,7 @@ def run_chunked(llm, prompts, params, chunk: int) -> tuple[int, Timed]:
     confidence array and the SAMPLES table (as the old ``outputs_to_table``)."""
     import pyarrow as pa
 
-    from confagg.answers import extract_boxed
+    from confagg.answers import THINK_END, extract_boxed
     from confagg.confidence import token_confidence
 
     tokens = 0
@@ -177,7 +177,7 @@ def run_chunked(llm, prompts, params, chunk: int) -> tuple[int, Timed]:
                     conf = token_confidence(c.logprobs.logprobs, 20).astype(np.float16)
                     rows["conf"].append(conf)
                     rows["text"].append(c.text)
-                    rows["answer"].append(extract_boxed(c.text))
+                    rows["answer"].append(extract_boxed(c.text, THINK_END))
                     rows["num_tokens"].append(len(c.token_ids))
             conf = rows.pop("conf")
             table = pa.table(rows)

@@ -252,7 +252,7 @@ def run_inline(stage: str, work: Path) -> None:
 
         set_size = _default_config()["evaluation"]["set_size"]
         df = _candidates(work)
-        texts = CandidateTexts([work / "samples.parquet"])
+        texts = CandidateTexts([work / "samples.parquet"], "</think>")
         sets = chars = 0
         for positions in aggregate.problem_batches(df):
             for _, _, cands in aggregate.candidate_sets(df, positions, texts, set_size):

@@ -93,7 +93,8 @@ def settings(steps: int, vllm: bool, max_completion_length: int) -> str:
     cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
     variant = next(iter(config["training"]["variants"]))
     sections = settings_for_rule(config, "train_aggregator", variant=variant)
-    return json.dumps({**sections, "require_think_end": False})
+    sections["reading"]["require_think_end"] = False  # the sets' texts never think
+    return json.dumps(sections)
 
 
 def run(model: Path, sets: Path, out: Path, steps: int, vllm: bool, length: int) -> dict:

@@ -20,7 +20,9 @@ def _whole_sets(samples, df, m):
     text = {}
     for path in samples:
         t = read_table(path, SAMPLES, ["problem_id", "sample_idx", "text"]).to_pylist()
-        text.update({(r["problem_id"], r["sample_idx"]): after_think(r["text"]) for r in t})
+        text.update(
+            {(r["problem_id"], r["sample_idx"]): after_think(r["text"], "</think>") for r in t}
+        )
     out = []
     for pid, group in df.groupby("problem_id", sort=False):
         rows = group.sort_values("sample_idx").to_dict("records")
@@ -38,7 +40,7 @@ def test_sets_in_batches_are_the_sets_of_the_whole_benchmark(tmp_path, batch, ba
     _, samples, scores, grades = make_pool(tmp_path, problems=12, samples=8, shards=3)
     _small_row_groups(samples, 200)  # texts come from many row groups
     df = load_candidates(samples, scores, grades)
-    texts = CandidateTexts(samples)
+    texts = CandidateTexts(samples, "</think>")
     parts = a.problem_batches(df, batch)
     # 12 problems of 8 samples: whole problems, in order, reaching the bound or one problem
     assert len(parts) == batches

@@ -27,6 +27,7 @@ def _cfg(enabled=True, scale="rank", metric="tail", decimals=0, budget=None, **e
         "instruction": DEFAULT_INSTRUCTION,
         "confidence": {"enabled": enabled, "metric": metric, "scale": scale, "decimals": decimals},
         "max_prompt_tokens": budget,
+        "think_end": "</think>",
         **extra,
     }
 

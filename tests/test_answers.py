@@ -25,16 +25,18 @@ from confagg.answers import after_think, extract_boxed
     ],
 )
 def test_extract_boxed(text, expected):
-    assert extract_boxed(text) == expected
+    assert extract_boxed(text, "</think>") == expected
 
 
 def test_after_think():
-    assert after_think("a</think>b") == "b"
-    assert after_think("no think") == "no think"
-    assert after_think("x</think>y</think>z") == "z"
+    assert after_think("a</think>b", "</think>") == "b"
+    assert after_think("no think", "</think>") == "no think"
+    assert after_think("x</think>y</think>z", "</think>") == "z"
+    # another model's marker
+    assert after_think("a<|end_of_thought|>b\\boxed{1}", "<|end_of_thought|>") == "b\\boxed{1}"
 
 
 def test_long_hostile_text_is_linear():
     # many unclosed boxes must not blow up (each scan is bounded by the text length)
     text = "\\boxed{" * 2000 + "1"
-    assert extract_boxed(text) is None
+    assert extract_boxed(text, "</think>") is None

@@ -48,6 +48,11 @@ def test_defaults_are_filled():
             "generator.model: '/no/such/model' is not an existing model folder",
         ),
         (lambda c: c["benchmarks"].update(train_pool={"source": {"path": "x"}}), "benchmarks"),
+        (
+            lambda c: c["grading"].update(extraction="last_number"),
+            "grading.extraction: 'last_number' is not one of",
+        ),
+        (lambda c: c["grading"].update(think_end=""), "grading.think_end: '' should be non-empty"),
     ],
 )
 def test_bad_config_names_the_key(change, message):

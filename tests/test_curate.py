@@ -102,6 +102,7 @@ def make_pool(tmp_path, problems=20, samples=8, shards=2, seed=0):
                 "sample_idx": idx,
                 "correct": [r[3] == "correct" for r in part],
                 "status": [r[3] for r in part],
+                "answer": [r[2] for r in part],
                 "answer_group": group_answers(ids, [r[2] for r in part], answer_equality()),
                 "unfinished_thinking": [False] * n,
             },

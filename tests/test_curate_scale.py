@@ -103,7 +103,7 @@ def test_texts_longer_than_the_prompt_budget_are_cut_as_prompts_cut_them(tmp_pat
 
     # a prompt built from the cut texts shows what one built from the whole texts shows (the
     # same text around each cut, which may move by a token: the joined text tokenizes anew)
-    cfg = {"max_prompt_tokens": budget, "confidence": {"enabled": False}}
+    cfg = {"max_prompt_tokens": budget, "confidence": {"enabled": False}, "think_end": "</think>"}
     marker = re.compile(r"\n\[\.\.\. \d+ tokens omitted \.\.\.\]\n")
     for cut_set, whole_set in zip(cut_sets, whole_sets, strict=True):
         a = render_prompt(tok, cut_set["problem"], cut_set["candidates"], cfg).text

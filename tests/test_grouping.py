@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from confagg import grade, methods
-from confagg.answers import final_answer
+from confagg.answers import Reading, final_answer
 from confagg.confidence import METRICS
 from confagg.grouping import group_answers, normalise_answer
 from confagg.problems import write_problems
@@ -69,9 +69,11 @@ def test_an_answer_that_normalises_to_nothing_abstains(empty):
 
 def test_final_answer_of_unfinished_thinking():
     thinking = "<think>maybe \\boxed{3}? let me check"
-    assert final_answer(thinking, require_think_end=False) == "3"
-    assert final_answer(thinking, require_think_end=True) is None
-    assert final_answer(thinking + "</think> so \\boxed{4}", require_think_end=True) == "4"
+    assert final_answer(thinking, Reading("boxed", "</think>", False)) == "3"
+    assert final_answer(thinking, Reading("boxed", "</think>", True)) is None
+    assert (
+        final_answer(thinking + "</think> so \\boxed{4}", Reading("boxed", "</think>", True)) == "4"
+    )
 
 
 def _shard(tmp_path):
@@ -102,11 +104,16 @@ def _shard(tmp_path):
     return tmp_path / "samples.parquet", tmp_path / "p.jsonl"
 
 
+def _reading(require_think_end: bool) -> dict:
+    """The grade stage's ``reading`` settings: boxed answers after ``</think>``."""
+    return {"extraction": "boxed", "think_end": "</think>", "require_think_end": require_think_end}
+
+
 def test_grade_unfinished_thinking_has_no_answer_and_dot_does_not_crash(tmp_path):
     samples, problems = _shard(tmp_path)
     for think, name in ((False, "plain"), (True, "think")):
         out = tmp_path / f"{name}.parquet"
-        settings = json.dumps({"timeout": 5.0, "require_think_end": think})
+        settings = json.dumps({"timeout": 5.0, "reading": _reading(think)})
         grade.main(["--problems", str(problems), "--settings", settings, str(samples), str(out)])
         rows = read_table(out, GRADES).to_pylist()
         assert [r["status"] for r in rows][2:] == ["unparseable", "incorrect"]
@@ -128,7 +135,7 @@ def test_evaluate_stage_counts_unfinished_thinking(tmp_path):
     scoring = json.dumps({"window": 2, "tail_tokens": 2})
     score.main(["--settings", scoring, str(samples), str(tmp_path / "s.parquet")])
     grades = tmp_path / "g.parquet"
-    grading = json.dumps({"timeout": 5.0, "require_think_end": True})
+    grading = json.dumps({"timeout": 5.0, "reading": _reading(True)})
     grade.main(["--problems", str(problems), "--settings", grading, str(samples), str(grades)])
     settings = {"ks": [1, 2, 4], "window": 2,
                 "online": {"warmup": 2, "etas": [10, 90], "consensus": 0.95}}  # fmt: skip

@@ -165,6 +165,7 @@ AGG_PROMPT = {
     "instruction": "Write one solution.",
     "confidence": {"enabled": True, "metric": "tail", "scale": "rank", "decimals": 0, "note": None},
     "max_prompt_tokens": 480,
+    "think_end": "</think>",
 }
 
 
@@ -177,6 +178,7 @@ def _check_settings(source, max_model_len=512, max_tokens=64, budget=480):
             "chat_template_kwargs": {},
             "max_model_len": max_model_len,
             "max_tokens": max_tokens,
+            "require_think_end": False,
         },
         "aggregator": {
             "prompt": dict(AGG_PROMPT, max_prompt_tokens=budget),
@@ -184,7 +186,10 @@ def _check_settings(source, max_model_len=512, max_tokens=64, budget=480):
             "set_size": 4,
             "max_model_len": max_model_len,
             "max_tokens": 32,
+            "require_think_end": False,
         },
+        "think_end": "</think>",
+        "think_end_auto": True,
     }
 
 

@@ -21,6 +21,7 @@ from confagg import (
     score,
     train,
 )
+from confagg.answers import Reading
 from confagg.config import validate
 from confagg.settings import POOL, RULES, for_rule, from_mapping, load, to_json
 from conftest import REPO
@@ -105,18 +106,33 @@ def test_a_variant_decides_whether_its_prompt_shows_confidences():
 
 def test_grading_reaches_grading_the_aggregators_and_the_reward():
     config = _config("config.yaml")
-    config["grading"].update(timeout=2.5, require_think_end=False)
-    assert for_rule(config, "grade_shard", dataset=POOL) == {
-        "timeout": 2.5,
-        "require_think_end": False,
-    }
+    config["grading"].update(
+        timeout=2.5, require_think_end=False, extraction="math_verify", think_end="<|/reason|>"
+    )
+    reading = {"extraction": "math_verify", "think_end": "<|/reason|>", "require_think_end": False}
+    assert for_rule(config, "grade_shard", dataset=POOL) == {"timeout": 2.5, "reading": reading}
     agg = for_rule(config, "aggregate_sets", benchmark="aime24", seed="0")
-    assert (agg["verify_timeout"], agg["require_think_end"]) == (2.5, False)
+    assert (agg["verify_timeout"], agg["reading"]) == (2.5, reading)
     tr = for_rule(config, "train_aggregator", variant="confidence")
-    assert (tr["verify_timeout"], tr["require_think_end"]) == (2.5, False)
+    assert (tr["verify_timeout"], tr["reading"]) == (2.5, reading)
+    # the same marker cuts the candidate texts of curation and of every aggregator prompt
+    assert for_rule(config, "curate_sets")["think_end"] == "<|/reason|>"
+    assert tr["aggregator"]["prompt"]["think_end"] == "<|/reason|>"
+    assert all(v["prompt"]["think_end"] == "<|/reason|>" for v in agg["variants"])
+    check_settings = for_rule(config, "check_problems", dataset="aime24")
+    assert (check_settings["think_end"], check_settings["think_end_auto"]) == ("<|/reason|>", False)
+    # the stages load them as their typed reading
+    assert from_mapping(grade.Settings, for_rule(config, "grade_shard", dataset=POOL)).reading == (
+        Reading("math_verify", "<|/reason|>", False)
+    )
+    assert from_mapping(train.Settings, tr).reading.extraction == "math_verify"
+    assert from_mapping(aggregate.Settings, agg).reading.think_end == "<|/reason|>"
     # null: the role's thinking mode decides (the default config thinks)
     config["grading"]["require_think_end"] = None
-    assert for_rule(config, "grade_shard", dataset=POOL)["require_think_end"] is True
+    assert for_rule(config, "grade_shard", dataset=POOL)["reading"]["require_think_end"] is True
+    check_settings = for_rule(config, "check_problems", dataset="aime24")
+    assert check_settings["think_end_auto"] is True
+    assert check_settings["solver"]["require_think_end"] is True
 
 
 def test_curation_seed_derives_from_the_run_seed_when_null():

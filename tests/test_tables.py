@@ -6,9 +6,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from confagg.answers import Reading, final_answer
 from confagg.candidates import CandidateTexts, load_candidates
 from confagg.files import atomic_path
-from confagg.grade import thinking_closed
+from confagg.grade import grade
 from confagg.score import score_file, score_table
 from confagg.tables import (
     CANDIDATE,
@@ -234,13 +235,19 @@ def test_score_file_streams_the_same_scores(tmp_path):
     assert streamed.equals(score_table(table, 64, 32))
 
 
-def test_thinking_closed_in_batches(tmp_path):
+def test_grade_reads_every_answer_of_a_shard_in_batches(tmp_path):
     table = _varied()
     with TableWriter(tmp_path / "s.parquet", SAMPLES, row_group_bytes=50_000) as writer:
         writer.write(table)
-    flags = thinking_closed(tmp_path / "s.parquet")
-    assert flags.tolist() == pc.match_substring(table.column("text"), "</think>").to_pylist()
-    assert 0 < flags.sum() < len(flags)
+    assert pq.ParquetFile(tmp_path / "s.parquet").metadata.num_row_groups > 3
+    reading = Reading("boxed", "</think>", True)
+    gold = {p: "0" for p in table.column("problem_id").to_pylist()}
+    grades = grade(tmp_path / "s.parquet", gold, reading)
+    texts = table.column("text").to_pylist()
+    assert grades.column("answer").to_pylist() == [final_answer(t, reading) for t in texts]
+    unfinished = grades.column("unfinished_thinking").to_numpy(zero_copy_only=False)
+    closed = pc.match_substring(table.column("text"), "</think>").to_numpy(zero_copy_only=False)
+    assert (unfinished == ~closed).all() and 0 < unfinished.sum() < len(texts)
 
 
 def test_candidate_texts_are_the_part_after_thinking(tmp_path):
@@ -251,6 +258,7 @@ def test_candidate_texts_are_the_part_after_thinking(tmp_path):
         "correct", pa.array([True, False, True])
     )
     grades = grades.append_column("status", pa.array(["correct", "incorrect", "correct"]))
+    grades = grades.append_column("answer", pa.array(["1", "2", "1"]))
     grades = grades.append_column("answer_group", pa.array([0, 1, 0], pa.int32()))
     grades = grades.append_column("unfinished_thinking", pa.array([False] * 3))
     write_table(grades, tmp_path / "g.parquet", GRADES)
@@ -258,7 +266,7 @@ def test_candidate_texts_are_the_part_after_thinking(tmp_path):
     df = load_candidates(*paths)
     assert "text" not in df.columns  # texts are read only where asked for
     where = df[["shard", "row"]].to_numpy(np.int64)
-    texts = CandidateTexts(paths[0])
+    texts = CandidateTexts(paths[0], "</think>")
     assert texts.read(np.array([2, 0]), where) == {0: ("B", 17), 2: ("C", 1)}
     assert texts.read(np.arange(3), where)[1] == ("no close", 8)
     with pytest.raises(ValueError, match=r"s.parquet: has 3 rows, row 5 asked for"):

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from confagg import config as cfg
+from confagg.answers import Reading
 from confagg.config import GRPO_SET_BY_WORKFLOW, ConfigError
 from confagg.resume import (
     complete_checkpoint,
@@ -100,7 +101,9 @@ def validated(**sections) -> dict:
     cfg.validate(config, REPO / "workflow/schemas/config.schema.yaml")
     # the rule's settings for one variant; these tests' texts never think
     variant = next(iter(config["training"]["variants"]))
-    return for_rule(config, "train_aggregator", variant=variant) | {"require_think_end": False}
+    settings = for_rule(config, "train_aggregator", variant=variant)
+    settings["reading"]["require_think_end"] = False
+    return settings
 
 
 def test_settings_take_schema_defaults_and_name_bad_keys():
@@ -249,6 +252,10 @@ def test_prompts_are_rendered_once_in_batches(tmp_path, tiny_model, monkeypatch)
     assert sorted(p.name for p in args[3].iterdir()) == [other.path.name]
 
 
+def _boxed(require_think_end: bool) -> Reading:
+    return Reading("boxed", "</think>", require_think_end)
+
+
 def test_reward_is_one_only_for_a_verified_final_box():
     completions = [
         "so the answer is \\boxed{42}.",
@@ -256,14 +263,14 @@ def test_reward_is_one_only_for_a_verified_final_box():
         "<think>maybe \\boxed{42}</think> no, it is \\boxed{41}",
         "forty-two",
     ]
-    assert reward(False, 5.0)(completions, ["42"] * 4) == [1.0, 1.0, 0.0, 0.0]
+    assert reward(_boxed(False), 5.0)(completions, ["42"] * 4) == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_reward_in_thinking_mode_is_zero_for_thinking_that_never_ended():
     finished = "<think>it is 42</think> so \\boxed{42}"
     cut = "<think>it is \\boxed{42}, let me check that again"  # stopped by max_completion_length
-    assert reward(True, 5.0)([finished, cut], ["42", "42"]) == [1.0, 0.0]
-    assert reward(False, 5.0)([finished, cut], ["42", "42"]) == [1.0, 1.0]
+    assert reward(_boxed(True), 5.0)([finished, cut], ["42", "42"]) == [1.0, 0.0]
+    assert reward(_boxed(False), 5.0)([finished, cut], ["42", "42"]) == [1.0, 1.0]
 
 
 def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):

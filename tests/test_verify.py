@@ -26,7 +26,13 @@ from confagg.problems import write_problems
 from confagg.tables import GRADES, SAMPLES, read_table, write_table
 from conftest import SHARED_DATA
 
-GRADING = '{"timeout": 5.0, "require_think_end": false}'  # the grade stage's --settings
+# the grade stage's --settings
+GRADING = json.dumps(
+    {
+        "timeout": 5.0,
+        "reading": {"extraction": "boxed", "think_end": "</think>", "require_think_end": False},
+    }
+)
 
 # (gold, prediction, verdict). The verdict is what a grader should say, and what plain
 # math-verify says: the last block lists math-verify's known misses, kept as it decides them.
@@ -463,7 +469,7 @@ def test_grade_cli_writes_a_grades_table(tmp_path):
         {
             "problem_id": ["a", "a", "a", "b", "b", "b"],
             "sample_idx": [0, 1, 2, 0, 1, 2],
-            "text": [f"\\boxed{{{a}}}" for a in answers],
+            "text": ["no box" if a is None else f"\\boxed{{{a}}}" for a in answers],
             "answer": answers,
             "num_tokens": [3] * 6,
             "finish_reason": ["stop", "stop", "length", "stop", "stop", "stop"],
@@ -492,6 +498,7 @@ def test_grade_cli_writes_a_grades_table(tmp_path):
         "unparseable",
         "correct",
     ]
+    assert grades["answer"] == answers  # read again from the texts
 
     write_problems([{"id": "a", "problem": "?", "answer": "25"}], tmp_path / "only_a.jsonl")
     proc = subprocess.run(

@@ -6,8 +6,10 @@ Sets are the ones every voting method at ``k = set_size`` uses (confagg.evaluate
 without the confidence scores in its prompt (confagg.aggregator_prompt, the builder training
 uses), with the base model or with the LoRA adapter of one training run (``training.variants``:
 e.g. Conf-AggLM trained with confidences, plain AggLM without), and writes ``outputs_per_set``
-completions per set, graded against the gold answer with the shared verifier. With thinking
-mode (``require_think_end``), a completion that never closes its thinking has no answer.
+completions per set, each answer read and graded against the gold answer by the shared
+verifier, the way the samples are (``grading.extraction`` after ``grading.think_end``:
+``confagg.verifier.read_and_verify``). With thinking mode (``require_think_end``), a completion
+that never closes its thinking has no answer.
 
 One engine serves every variant, each training run's adapter applied per request (vLLM LoRA);
 or, with ``evaluation.trained_model: merged``, the base variants run on one engine and each
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from confagg.answers import final_answer
+from confagg.answers import Reading
 from confagg.candidates import CandidateTexts, load_candidates
 from confagg.confidence import METRICS
 from confagg.methods import disjoint_sets
@@ -63,7 +65,7 @@ class Settings:
     chat_template_kwargs: dict
     lora_rank: int  # training.lora.r: the engine's max LoRA rank must hold it
     trained_model: str  # "lora" | "merged"
-    require_think_end: bool  # a completion without </think> has no answer
+    reading: Reading  # grading.extraction, think_end, require_think_end (the aggregator's)
     verify_timeout: float  # grading.timeout: CPU seconds per math-verify check
     seed: int
 
@@ -89,7 +91,7 @@ def candidate_sets(
 ) -> list[tuple[str, int, list[dict]]]:
     """(problem_id, set_idx, candidates) of the disjoint sets of ``m`` samples of the problems
     at ``positions`` of ``df`` (whole problems, as :func:`problem_batches` gives them), with
-    their texts (after ``</think>``) read for these rows only."""
+    their texts (after the end-of-thinking marker) read for these rows only."""
     part = df.iloc[positions]
     text = texts.read(np.arange(len(part)), part[["shard", "row"]].to_numpy(np.int64))
     answers = part["answer"].to_numpy(object)
@@ -154,10 +156,25 @@ def _variant_rows(llm, variant, sets, problems, settings, params, loras, rows) -
             rows["k"].append(settings.set_size)
             rows["output_idx"].append(comp.index)
             rows["text"].append(comp.text)
-            rows["answer"].append(final_answer(comp.text, settings.require_think_end))
             rows["num_tokens"].append(len(comp.token_ids))
             rows["prompt_tokens"].append(prompt.num_tokens)
             rows["prompt_truncated"].append(prompt.truncated)
+
+
+def grade_outputs(
+    rows: dict[str, list], problems: Mapping[str, dict], settings: Settings, processes: int
+) -> None:
+    """Fill ``rows``' answer, correct and status columns (AGG_OUTPUTS) from their texts: each
+    answer read by ``settings.reading`` and verified against its problem's gold answer, as the
+    samples are graded (``confagg.verifier.read_and_verify``)."""
+    from confagg.verifier import read_and_verify
+
+    golds = [problems[pid]["answer"] for pid in rows["problem_id"]]
+    rows["answer"], verdicts = read_and_verify(
+        golds, rows["text"], settings.reading, processes, settings.verify_timeout
+    )
+    rows["correct"] = [v.correct for v in verdicts]
+    rows["status"] = [v.status for v in verdicts]
 
 
 def run_variants(
@@ -182,7 +199,6 @@ def run_variants(
     from vllm.lora.request import LoRARequest
 
     from confagg.engine import make_engine, release_engine
-    from confagg.verifier import verify_many
 
     params = SamplingParams(**settings.sampling)
     plan = _engine_plan(model, trained, settings.variants, settings.trained_model)
@@ -204,10 +220,7 @@ def run_variants(
             rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
             for variant in group:
                 _variant_rows(llm, variant, sets, problems, settings, params, loras, rows)
-            golds = [problems[pid]["answer"] for pid in rows["problem_id"]]
-            verdicts = verify_many(golds, rows["answer"], processes, settings.verify_timeout)
-            rows["correct"] = [v.correct for v in verdicts]
-            rows["status"] = [v.status for v in verdicts]
+            grade_outputs(rows, problems, settings, processes)
             writer.write(pa.table(rows, schema=AGG_OUTPUTS))
             names = ", ".join(v.name for v in group)
             log(f"{names}: batch {b}/{len(batches)}, {len(sets)} sets x {params.n} outputs "
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
             trained,
             problems,
             candidates,
-            CandidateTexts(args.samples),
+            CandidateTexts(args.samples, settings.reading.think_end),
             settings,
             writer,
             processes=args.processes,

@@ -1,12 +1,12 @@
 """The aggregator's prompt: one builder shared by GRPO training and evaluation.
 
 AggLM layout (Zhao et al. 2025), one user turn: the problem, then the ``m`` candidate solutions
-(each cut to the part after ``</think>``), then the instruction that any, all or none of them may
-be correct and that the model should review them and write one correct final solution ending in
-``\\boxed{}``. Confidence-aware (Conf-AggLLM): each candidate's header carries its DeepConf
-confidence and a note before the instruction says what the number means. The config section
-(``aggregator.prompt``) picks the metric and its scale; ``confidence.enabled: false`` gives plain
-AggLM.
+(each cut to the part after the end-of-thinking marker), then the instruction that any, all or
+none of them may be correct and that the model should review them and write one correct final
+solution ending in ``\\boxed{}``. Confidence-aware (Conf-AggLLM): each candidate's header
+carries its DeepConf confidence and a note before the instruction says what the number means.
+The config section (``aggregator.prompt``) picks the metric and its scale;
+``confidence.enabled: false`` gives plain AggLM.
 
 Scales (``confidence.scale``), all "higher = more confident":
 
@@ -122,9 +122,10 @@ def aggregator_messages(
 ) -> list[dict[str, str]]:
     """Chat messages asking the aggregator for one final solution of ``problem``.
 
-    ``candidates``: mappings with ``text`` (cut after ``</think>`` here again, which changes
-    nothing for text already cut) and the confidence metrics (``tables.CANDIDATE``). ``cfg``: the
-    config's ``aggregator.prompt`` section (``system``, ``instruction``, ``confidence``).
+    ``candidates``: mappings with ``text`` (cut after the marker ``cfg["think_end"]`` here
+    again, which changes nothing for text already cut) and the confidence metrics
+    (``tables.CANDIDATE``). ``cfg``: the config's ``aggregator.prompt`` section (``system``,
+    ``instruction``, ``confidence``) and ``think_end`` (``confagg.settings.aggregator_prompt``).
     """
     conf = cfg.get("confidence") or {}
     enabled = bool(conf.get("enabled", False))
@@ -136,7 +137,7 @@ def aggregator_messages(
         header = f"Solution {i}"
         if enabled:
             header += f" (confidence: {_format_score(scores[i - 1], scale, conf['decimals'])})"
-        parts.append(f"{header}:\n{after_think(cand['text']).strip()}")
+        parts.append(f"{header}:\n{after_think(cand['text'], cfg['think_end']).strip()}")
     if enabled:
         note = conf.get("note") or _NOTES[scale]
         parts.append(note.replace("{metric}", metric))
@@ -200,7 +201,7 @@ def render_prompt(
     docstring. Raises :class:`PromptTooLong` when the uncuttable parts alone exceed it."""
     kwargs = chat_template_kwargs or {}
     budget = cfg.get("max_prompt_tokens")
-    texts = [after_think(c["text"]).strip() for c in candidates]
+    texts = [after_think(c["text"], cfg["think_end"]).strip() for c in candidates]
 
     def build(cut_texts: Sequence[str]) -> tuple[str, int]:
         cands = [{**c, "text": t} for c, t in zip(candidates, cut_texts, strict=True)]

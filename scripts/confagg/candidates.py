@@ -16,7 +16,8 @@ from confagg.answers import after_think
 from confagg.tables import GRADES, SAMPLES, SCORES, iter_batches, read_table, row_group_starts
 
 # Columns of the samples table that the joined candidate table carries (text on request).
-_CANDIDATE_SAMPLE_COLUMNS = ("problem_id", "sample_idx", "answer", "num_tokens", "finish_reason")
+# (the answer is the grader's: GRADES.answer)
+_CANDIDATE_SAMPLE_COLUMNS = ("problem_id", "sample_idx", "num_tokens", "finish_reason")
 KEY = ["problem_id", "sample_idx"]
 
 
@@ -25,10 +26,11 @@ def load_candidates(
     scores: Sequence[str | os.PathLike],
     grades: Sequence[str | os.PathLike],
 ) -> pd.DataFrame:
-    """One row per sample of some shards, sorted by (problem_id, sample_idx): its answer (null
-    where the grader found none: ``answer_group`` -1), tokens, finish reason, confidence
-    metrics, the grades columns and where it is stored (``shard``: position in ``samples``,
-    ``row``: row in that file; :class:`CandidateTexts` reads the texts of some rows).
+    """One row per sample of some shards, sorted by (problem_id, sample_idx): its answer (the
+    grader's reading; null where it found none: ``answer_group`` -1), tokens, finish reason,
+    confidence metrics, the grades columns and where it is stored (``shard``: position in
+    ``samples``, ``row``: row in that file; :class:`CandidateTexts` reads the texts of some
+    rows).
 
     Shards pair up by position in the three lists; scores and grades are written in their
     samples' row order, so a row that does not match is a wrong input, reported with its file.
@@ -62,16 +64,18 @@ def load_candidates(
 
 
 class CandidateTexts:
-    """Candidate texts (the part after ``</think>``) of some rows of a :func:`load_candidates`
-    frame, read from the samples shards only from the row groups that hold them: a stage asks
-    for one batch of candidates at a time, so the traces never sit in memory at once."""
+    """Candidate texts (the part after the end-of-thinking marker ``think_end``) of some rows of
+    a :func:`load_candidates` frame, read from the samples shards only from the row groups that
+    hold them: a stage asks for one batch of candidates at a time, so the traces never sit in
+    memory at once."""
 
-    def __init__(self, samples: Sequence[str | os.PathLike]):
+    def __init__(self, samples: Sequence[str | os.PathLike], think_end: str):
         self.samples = list(samples)
+        self.think_end = think_end
         self._starts: dict[int, np.ndarray] = {}
 
     def read(self, positions: np.ndarray, where: np.ndarray) -> dict[int, tuple[str, int]]:
-        """``{position: (text after </think>, characters of the whole text)}`` for rows
+        """``{position: (text after think_end, characters of the whole text)}`` for rows
         ``positions`` of a frame whose ``where`` is its ``[shard, row]`` columns (int64)."""
         positions = np.asarray(positions, np.int64)
         out = {}
@@ -97,7 +101,7 @@ class CandidateTexts:
                 lo, hi = np.searchsorted(want, [offset, offset + batch.num_rows])
                 texts = batch.column(0).take(pa.array(want[lo:hi] - offset)).to_pylist()
                 for r, text in zip(want[lo:hi].tolist(), texts, strict=True):
-                    out[r] = (after_think(text), len(text))
+                    out[r] = (after_think(text, self.think_end), len(text))
                 offset += batch.num_rows
                 if offset > want[-1]:
                     break

@@ -1,5 +1,9 @@
 """Check stage (rule ``check_problems``): every problem's prompt within the token budgets, before
-any GPU job; a problem too long is named with its source file, line and id.
+any GPU job; a problem too long is named with its source file, line and id. It also checks the
+end-of-thinking marker (``grading.think_end``) against each model's chat template
+(:func:`check_thinking`): a role in thinking mode whose template never holds the marker stops
+the run; a template that thinks without an ``enable_thinking`` switch while
+``grading.require_think_end`` is null gets a warning (in the log and the record).
 
     python -m confagg.check --problems FILE --generator DIR --aggregator DIR --settings JSON OUT
 """
@@ -23,6 +27,7 @@ class Solver:
     chat_template_kwargs: dict
     max_model_len: int | None  # generator.engine.max_model_len (None: the model's context)
     max_tokens: int  # sampling.max_tokens
+    require_think_end: bool  # grading.require_think_end resolved for the generator
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Aggregator:
     set_size: int  # candidates per prompt
     max_model_len: int | None  # the engine at evaluation (None: training, no engine budget)
     max_tokens: int | None  # the aggregator's answer at evaluation (None: training)
+    require_think_end: bool  # grading.require_think_end resolved for the aggregator
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,12 @@ class Settings:
     fields: dict
     solver: Solver
     aggregator: Aggregator
+    think_end: str  # grading.think_end
+    think_end_auto: bool  # grading.require_think_end is null: enable_thinking decides
+
+
+class ThinkingError(ValueError):
+    """A role in thinking mode whose chat template never holds the end-of-thinking marker."""
 
 
 # config.json keys vLLM 0.32 reads a model's context length from: the smallest present, except
@@ -98,6 +110,61 @@ def source_locations(source: Mapping, fields: Mapping | None, out: Path):
         origin = f"{source['hub']}[{source.get('split', 'test')}]"
         return lambda index, pid: f"{origin} row {index}"
     return lambda index, pid: None
+
+
+def template_source(tokenizer) -> str:
+    """The text of a tokenizer's chat template(s) ("" when it has none)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return "\n".join(template.values()) if isinstance(template, dict) else str(template)
+
+
+def check_thinking(
+    tokenizer,
+    role: str,
+    chat_template_kwargs: Mapping,
+    require_think_end: bool,
+    think_end: str,
+    auto: bool,
+) -> list[str]:
+    """The end-of-thinking marker against ``role``'s chat template (``role``: "generator" or
+    "aggregator", as the config names it). In thinking mode (``enable_thinking`` true or
+    ``require_think_end``), the marker must occur in the template's text or in a prompt it
+    renders: else every answer would be read from the wrong part of the text (or none at all),
+    and :class:`ThinkingError` names the keys to set. Returns warnings: a template that holds
+    the marker (it thinks) but has no ``enable_thinking`` switch, with ``require_think_end``
+    null (``auto``), leaves ``require_think_end`` off, so a boxed answer written inside the
+    reasoning counts (e.g. DeepSeek-R1 distills)."""
+    from confagg.prompts import render
+
+    source = template_source(tokenizer)
+    rendered = render(
+        tokenizer, [{"role": "user", "content": "What is 1 + 1?"}], chat_template_kwargs
+    )
+    present = think_end in source or think_end in rendered
+    enabled = bool(chat_template_kwargs.get("enable_thinking", False))
+    if (enabled or require_think_end) and not present:
+        why = (
+            f"{role}.chat_template_kwargs.enable_thinking is true"
+            if enabled
+            else f"grading.require_think_end is on for the {role}"
+        )
+        raise ThinkingError(
+            f"{role}: grading.think_end {think_end!r} occurs neither in the model's chat "
+            f"template nor in a prompt it renders, yet {why}: its answers would be read from the "
+            f"wrong part of each text (or, with require_think_end, never). Set grading.think_end "
+            f"to the model's end-of-thinking marker, or turn thinking mode off "
+            f"({role}.chat_template_kwargs.enable_thinking: false, grading.require_think_end: "
+            f"false)."
+        )
+    if auto and present and "enable_thinking" not in source:
+        return [
+            f"{role}: the chat template holds {think_end!r} (the model thinks) but has no "
+            f"enable_thinking switch, so grading.require_think_end: null is off for it: a "
+            f"\\boxed{{}} answer written inside the reasoning (before {think_end!r}) counts. "
+            f"For a model that always thinks (e.g. a DeepSeek-R1 distill) set "
+            f"grading.require_think_end: true."
+        ]
+    return []
 
 
 def _budget(context: int | None, reserved: int | None, context_key: str, reserved_key: str):
@@ -167,6 +234,28 @@ def check_prompts(
         for i in range(agg.set_size)
     ]
 
+    warnings = {
+        "solver": check_thinking(
+            tok,
+            "generator",
+            solver.chat_template_kwargs,
+            solver.require_think_end,
+            settings.think_end,
+            settings.think_end_auto,
+        ),
+        "aggregator": check_thinking(
+            agg_tok,
+            "aggregator",
+            agg.chat_template_kwargs,
+            agg.require_think_end,
+            settings.think_end,
+            settings.think_end_auto,
+        ),
+    }
+    for role_warnings in warnings.values():
+        for warning in role_warnings:
+            log(f"warning: {warning}")
+
     over: list[str] = []
     longest = {"solver": (0, None), "aggregator": (0, None)}
     for line, p in enumerate(problems, start=1):
@@ -201,8 +290,8 @@ def check_prompts(
         )
     record = {
         "problems": len(problems),
-        "solver": {"budget": solver_budget, "why": solver_why},
-        "aggregator": {"budget": agg_budget, "why": agg_why},
+        "solver": {"budget": solver_budget, "why": solver_why, "warnings": warnings["solver"]},
+        "aggregator": {"budget": agg_budget, "why": agg_why, "warnings": warnings["aggregator"]},
     }
     for role, (n, pid) in longest.items():
         record[role].update(longest_tokens=n, longest_id=pid)
@@ -234,5 +323,5 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except ProblemFileError as e:  # the message names file and line: no traceback needed
+    except (ProblemFileError, ThinkingError) as e:  # the message names file and line, or keys
         raise SystemExit(f"error: {e}") from None

@@ -5,7 +5,7 @@ aggregation"):
 
 1. Join every training-pool shard's samples, scores and grades on (problem_id, sample_idx).
    A sample has an answer only where the grader gave it one (``answer_group`` >= 0: not when
-   its thinking never ended, with ``curation.require_think_end``).
+   its thinking never ended, with ``grading.require_think_end``).
 2. **Contamination guard**: a pool problem is removed, and listed in the summary, when its
    normalised text (``problem_key``) equals a benchmark problem's ("exact"), or when it shares
    a run of ``decontamination_ngram`` words (default 8, after NFKC and case folding; the check
@@ -29,7 +29,7 @@ aggregation"):
    ...), so they spread over as many problems as possible.
 
 Outputs: ``train.parquet`` and ``val.parquet`` (``tables.SETS``, sets in problem then set
-order; candidate texts cut to the part after ``</think>``) and ``summary.json``, published
+order; candidate texts cut to the part after ``grading.think_end``) and ``summary.json``, published
 together (``files.OutputSet``: all or none, the summary last).
 
 Memory. Sets are chosen from the samples' metadata alone (no text). The kept sets are then
@@ -41,7 +41,8 @@ Prompt budget. With ``--max-prompt-tokens`` (``aggregator.prompt.max_prompt_toke
 candidate text longer than the whole budget is cut in its middle as the prompt builder cuts it
 (``confagg.aggregator_prompt``): its first and last ``budget / 2`` tokens stay, around the
 marker ``[... N tokens omitted ...]``. No prompt can show more of it, so the sets hold what
-prompts can use; a truncated thinking trace (no ``</think>``: the whole text is the candidate)
+prompts can use; a truncated thinking trace (no end-of-thinking marker: the whole text is the
+candidate)
 is the usual case. Tokens are *estimated*, not counted: a sample's text has ``num_tokens``
 tokens of the generator, so its characters per token are known; a text is cut when it is
 estimated at more than ``CUT_MARGIN`` x the budget, and keeps ``CUT_MARGIN`` x the characters
@@ -116,6 +117,7 @@ class CurateSettings:
 
     curation: Settings
     max_prompt_tokens: int | None  # aggregator.prompt.max_prompt_tokens: longer texts are cut
+    think_end: str  # grading.think_end: candidate texts are the part after it
 
 
 @dataclass
@@ -486,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
             [train, val],
             usable,
             {p["id"]: i for i, p in enumerate(problems)},
-            CandidateTexts(args.samples),
+            CandidateTexts(args.samples, stage.think_end),
             stage.max_prompt_tokens,
             outputs,
         )

@@ -92,12 +92,24 @@ def num_shards(config: Mapping, dataset: str) -> int:
 
 
 def think_end_required(config: Mapping, role: str) -> bool:
-    """Whether a text of ``role`` ("generator" or "aggregator") without ``</think>`` has no
-    answer: grading.require_think_end, or when null the role's chat-template thinking mode."""
+    """Whether a text of ``role`` ("generator" or "aggregator") without the end-of-thinking
+    marker (grading.think_end) has no answer: grading.require_think_end, or when null the
+    role's chat-template thinking mode."""
     value = config["grading"]["require_think_end"]
     if value is None:
         return bool(config[role]["chat_template_kwargs"].get("enable_thinking", False))
     return bool(value)
+
+
+def reading(config: Mapping, role: str) -> dict:
+    """How the answers of ``role``'s texts are read (``confagg.answers.Reading``): the same
+    ``grading`` keys in grading, the aggregators' outputs and the GRPO reward."""
+    grading = config["grading"]
+    return {
+        "extraction": grading["extraction"],
+        "think_end": grading["think_end"],
+        "require_think_end": think_end_required(config, role),
+    }
 
 
 def aggregator_prompt(config: Mapping, confidence: bool) -> dict:
@@ -105,6 +117,7 @@ def aggregator_prompt(config: Mapping, confidence: bool) -> dict:
     not (the one place that decides it: training.variants, evaluation.aggregators)."""
     prompt = copy.deepcopy(dict(config["aggregator"]["prompt"]))
     prompt["confidence"] = dict(prompt.get("confidence") or {}, enabled=bool(confidence))
+    prompt["think_end"] = config["grading"]["think_end"]  # candidate texts: the part after it
     return prompt
 
 
@@ -129,6 +142,7 @@ def _check_problems(config: Mapping, dataset: str) -> dict:
             "chat_template_kwargs": config["generator"]["chat_template_kwargs"],
             "max_model_len": engine.get("max_model_len"),
             "max_tokens": config["sampling"]["max_tokens"],
+            "require_think_end": think_end_required(config, "generator"),
         },
         "aggregator": {
             # confidences shown: the longer of the two prompts
@@ -141,7 +155,10 @@ def _check_problems(config: Mapping, dataset: str) -> dict:
             "max_tokens": (
                 None if pool else config["evaluation"]["aggregator_sampling"]["max_tokens"]
             ),
+            "require_think_end": think_end_required(config, "aggregator"),
         },
+        "think_end": config["grading"]["think_end"],
+        "think_end_auto": config["grading"]["require_think_end"] is None,
     }
 
 
@@ -175,7 +192,7 @@ def _score_shard(config: Mapping, **_) -> dict:
 def _grade_shard(config: Mapping, **_) -> dict:
     return {
         "timeout": config["grading"]["timeout"],
-        "require_think_end": think_end_required(config, "generator"),
+        "reading": reading(config, "generator"),
     }
 
 
@@ -189,6 +206,7 @@ def _curate_sets(config: Mapping) -> dict:
         "curation": curation,
         # candidate texts longer than the aggregator's prompt budget are cut (confagg.curate)
         "max_prompt_tokens": config["aggregator"]["prompt"]["max_prompt_tokens"],
+        "think_end": config["grading"]["think_end"],
     }
 
 
@@ -198,7 +216,7 @@ def _train_aggregator(config: Mapping, variant: str) -> dict:
     return {
         "aggregator": aggregator,
         "training": {k: v for k, v in config["training"].items() if k != "variants"},
-        "require_think_end": think_end_required(config, "aggregator"),
+        "reading": reading(config, "aggregator"),
         "verify_timeout": config["grading"]["timeout"],
     }
 
@@ -217,7 +235,7 @@ def _aggregate_sets(config: Mapping, benchmark: str, seed: str | int) -> dict:
         "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
         "lora_rank": config["training"]["lora"]["r"],
         "trained_model": ev["trained_model"],
-        "require_think_end": think_end_required(config, "aggregator"),
+        "reading": reading(config, "aggregator"),
         "verify_timeout": config["grading"]["timeout"],
         "seed": derive_seed(config["seed"], "aggregate", benchmark, seed),
     }

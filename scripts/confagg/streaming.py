@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from confagg.answers import extract_boxed
+from confagg.answers import THINK_END, extract_boxed
 from confagg.confidence import token_confidence
 from confagg.engine import child_request_ids, intercept_outputs
 from confagg.tables import SAMPLES
@@ -284,7 +284,8 @@ def finished_to_table(done: list[Finished], tokenizer, decode=None) -> pa.Table:
             "problem_id": [d.problem_id for d, _ in keys],
             "sample_idx": pa.array([i for _, i in keys], pa.int32()),
             "text": texts,
-            "answer": [extract_boxed(t) for t in texts],
+            # the sampler's first reading; the grader reads again by the config
+            "answer": [extract_boxed(t, THINK_END) for t in texts],
             "num_tokens": pa.array(lengths, pa.int32()),
             "finish_reason": [d.finish_reasons[i] or "unknown" for d, i in keys],
             "token_confidence": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),

@@ -43,7 +43,9 @@ SAMPLES = pa.schema(
     [
         *_KEY_FIELDS,
         pa.field("text", pa.large_string(), nullable=False),
-        pa.field("answer", pa.string()),  # last \boxed{} after </think>; null when none
+        # the sampler's first reading (last \boxed{} after </think>); later stages read the
+        # grader's (GRADES.answer: grading.extraction, grading.think_end)
+        pa.field("answer", pa.string()),
         pa.field("num_tokens", pa.int32(), nullable=False),
         pa.field("finish_reason", pa.string(), nullable=False),  # "stop" | "length" | ...
         # -mean(top-20 logprobs) per generated token, see confagg.confidence
@@ -65,6 +67,9 @@ GRADES = pa.schema(
         pa.field("correct", pa.bool_(), nullable=False),
         # "correct" | "incorrect" | "no_answer" | "timeout" | "unparseable"
         pa.field("status", pa.string(), nullable=False),
+        # the final answer read from the text (grading.extraction after grading.think_end;
+        # confagg.verifier.read_and_verify); null when none
+        pa.field("answer", pa.string()),
         # equal within a problem = the same answer (confagg.grouping); -1: no answer
         pa.field("answer_group", pa.int32(), nullable=False),
         # thinking mode: the text never closes its thinking, so it has no answer (confagg.grade)
@@ -77,7 +82,7 @@ GRADES = pa.schema(
 CANDIDATE = pa.struct(
     [
         pa.field("sample_idx", pa.int32(), nullable=False),
-        pa.field("text", pa.large_string(), nullable=False),  # the part after </think>
+        pa.field("text", pa.large_string(), nullable=False),  # the part after think_end
         pa.field("answer", pa.string()),
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("num_tokens", pa.int32(), nullable=False),

@@ -7,8 +7,9 @@ Run through accelerate (the rule ``train_aggregator`` does this)::
         --out results/<run>/train --settings '<JSON: aggregator + training sections>' ...
 
 Each training set (``tables.SETS``) becomes one prompt (``confagg.aggregator_prompt``, the same
-builder evaluation uses); the reward of a completion is 1 when its last ``\\boxed{}`` verifies
-against the set's gold answer (``confagg.verifier``, ``grading.timeout``), else 0; with
+builder evaluation uses); the reward of a completion is 1 when its final answer, read as every
+answer is (``grading.extraction`` after ``grading.think_end``), verifies against the set's gold
+answer (``confagg.verifier.read_and_verify``, ``grading.timeout``), else 0; with
 ``require_think_end`` (thinking mode) a completion that never closes its thinking gets 0.
 
 Rollouts: with ``training.vllm.enabled`` (the default), TRL's vLLM integration in colocate mode
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from confagg import manifest, settings, trainset
-from confagg.answers import final_answer
+from confagg.answers import Reading
 from confagg.files import atomic_dir, write_json
 from confagg.fingerprints import sha256
 from confagg.resume import (
@@ -147,7 +148,7 @@ class Aggregator:
 class Settings:
     aggregator: Aggregator
     training: Training
-    require_think_end: bool  # a completion that never closes its thinking has no answer
+    reading: Reading  # grading.extraction, think_end, require_think_end (the aggregator's)
     verify_timeout: float  # grading.timeout: CPU seconds per math-verify check of the reward
 
 
@@ -176,14 +177,14 @@ class TrainArgs:
 # Data (confagg.trainset) and reward
 
 
-def reward(require_think_end: bool, timeout: float):
-    """The GRPO reward: 1.0 when the completion's final answer (its last ``\\boxed{}``; none
-    if it never closed its thinking and ``require_think_end``) verifies against gold, else 0."""
-    from confagg.verifier import verify_many
+def reward(reading: Reading, timeout: float):
+    """The GRPO reward: 1.0 when the completion's final answer (read by ``reading``; none if it
+    never closed its thinking and ``require_think_end``) verifies against gold, else 0."""
+    from confagg.verifier import read_and_verify
 
     def correct(completions: list[str], gold: list[str], **_: Any) -> list[float]:
-        answers = [final_answer(text, require_think_end) for text in completions]
-        return [1.0 if v.correct else 0.0 for v in verify_many(gold, answers, 1, timeout)]
+        _, verdicts = read_and_verify(gold, completions, reading, 1, timeout)
+        return [1.0 if v.correct else 0.0 for v in verdicts]
 
     return correct  # TRL logs it as rewards/correct
 
@@ -415,7 +416,7 @@ def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callba
     lora = s.training.lora
     trainer = GRPOTrainer(
         model=args.model,
-        reward_funcs=[reward(s.require_think_end, s.verify_timeout)],
+        reward_funcs=[reward(s.reading, s.verify_timeout)],
         args=config,
         train_dataset=data.dataset(),
         eval_dataset=eval_data.dataset() if eval_data else None,

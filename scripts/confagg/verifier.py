@@ -14,6 +14,11 @@ in worker processes, with a cache (grading, curation, the GRPO reward and evalua
 - **Cache and dedup** keyed by (gold, normalised prediction); normalising is ``str.strip``
   only, since math-verify's string fallback compares inner whitespace and ``\\,`` literally.
 - **Parallel**: ``verify_many`` spreads the remaining checks over ``processes`` workers.
+- **Whole texts** (``read_and_verify``): the one place a model's text becomes an answer and a
+  verdict, by the configured reading (``confagg.answers.Reading``): ``boxed`` answers are read
+  here (string scanning) and verified by ``verify_many``; ``math_verify`` answers are read by
+  math-verify's own extraction in the workers, under the same CPU-time bound as a check (the
+  answer and its verdict in one bounded call: ``confagg.verify.check_text``).
 """
 
 from __future__ import annotations
@@ -30,10 +35,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
+from typing import NamedTuple
 
 from pebble import ProcessExpired, ProcessPool
 
-from confagg.verify import TIMEOUT, UNPARSEABLE, Verdict, check, fast_verdict, normalise
+from confagg.answers import Reading, final_answer
+from confagg.verify import (
+    NO_ANSWER,
+    TIMEOUT,
+    UNPARSEABLE,
+    Verdict,
+    check,
+    check_text,
+    fast_verdict,
+    normalise,
+)
 
 DEFAULT_TIMEOUT = 5.0  # CPU seconds per check (math-verify's own default, in wall seconds)
 CPU_GRACE = 1.0  # CPU seconds past the budget before the kernel ends a worker stuck in C code
@@ -100,8 +116,15 @@ def _start_worker(memory_mb: int) -> None:
         check(gold, pred)
 
 
-def _bounded_check(gold: str, pred: str, seconds: float) -> Verdict:
-    """One check, ended after ``seconds`` of this process's CPU time. ITIMER_PROF counts CPU
+class TextVerdict(NamedTuple):
+    """A whole text's answer (None: none found) and its verdict."""
+
+    answer: str | None
+    verdict: Verdict
+
+
+def _bounded(call: Callable[[], Verdict], seconds: float) -> Verdict:
+    """``call()``, ended after ``seconds`` of this process's CPU time. ITIMER_PROF counts CPU
     time, not wall time: a busy machine makes a check slower but does not change its verdict."""
     global _armed  # noqa: PLW0603  (read by the signal handler)
     try:
@@ -109,13 +132,26 @@ def _bounded_check(gold: str, pred: str, seconds: float) -> Verdict:
         _armed = True
         signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)  # re-fires if something swallows it
         try:
-            return check(gold, pred, _parsed_golds)
+            return call()
         finally:
             _armed = False
             signal.setitimer(signal.ITIMER_PROF, 0)
             _cpu_limit(None)
     except _OutOfTime:
         return TIMEOUT
+
+
+def _bounded_check(gold: str, pred: str, seconds: float) -> Verdict:
+    """One check of an extracted answer, within ``seconds`` of CPU time."""
+    return _bounded(lambda: check(gold, pred, _parsed_golds), seconds)
+
+
+def _bounded_text_check(gold: str, text: str, seconds: float) -> TextVerdict:
+    """math-verify's reading of a whole text and its verdict, within ``seconds`` of CPU time
+    for both; an answer found before the time ran out is kept."""
+    found: list[str] = []
+    verdict = _bounded(lambda: check_text(gold, text, _parsed_golds, found.append), seconds)
+    return TextVerdict(found[0] if found else None, verdict)
 
 
 def _pid_after(seconds: float) -> int:
@@ -206,9 +242,13 @@ def _outcome(future: Future) -> Verdict | None:
         return None
 
 
-def _run(pairs: Sequence[tuple[str, str]], processes: int, timeout: float) -> list[Verdict]:
+def _run(
+    pairs: Sequence[tuple[str, str]], processes: int, timeout: float, task=_bounded_check
+) -> list:
     """Verdicts for (gold, pred) pairs, at most ``processes`` checks at once, each with a CPU
-    budget of ``timeout`` s and a wall-time bound of ``WALL_FACTOR`` times that (plus slack)."""
+    budget of ``timeout`` s and a wall-time bound of ``WALL_FACTOR`` times that (plus slack).
+    ``task``: :func:`_bounded_check` (a pred is an extracted answer) or
+    :func:`_bounded_text_check` (a whole text; results are then :class:`TextVerdict`)."""
     verdicts: list[Verdict | None] = [None] * len(pairs)
     todo = list(range(len(pairs)))[::-1]  # popped from the end: in order
     running: dict[Future, int] = {}
@@ -218,7 +258,7 @@ def _run(pairs: Sequence[tuple[str, str]], processes: int, timeout: float) -> li
         pool = _get_pool(min(processes, len(pairs)))
         while todo and len(running) < processes:
             try:
-                future = pool.schedule(_bounded_check, (*pairs[todo[-1]], timeout), timeout=wall)
+                future = pool.schedule(task, (*pairs[todo[-1]], timeout), timeout=wall)
             except RuntimeError:  # the pool broke just now: the next round takes a new one
                 break
             running[future] = todo.pop()
@@ -230,6 +270,8 @@ def _run(pairs: Sequence[tuple[str, str]], processes: int, timeout: float) -> li
         for future in done:
             index = running.pop(future)
             verdicts[index] = _outcome(future)
+            if task is _bounded_text_check and isinstance(verdicts[index], Verdict):
+                verdicts[index] = TextVerdict(None, verdicts[index])  # the worker was lost
             if verdicts[index] is None:
                 todo.append(index)
                 broken += 1
@@ -343,6 +385,48 @@ def verify(gold: str, pred: str | None, timeout: float = DEFAULT_TIMEOUT) -> Ver
 def is_correct(gold: str, pred: str | None) -> bool:
     """Whether ``pred`` matches ``gold`` (the GRPO reward: 1.0 if this is True)."""
     return verify(gold, pred).correct
+
+
+def verify_texts(
+    golds: Sequence[str], texts: Sequence[str | None], processes: int, timeout: float
+) -> list[TextVerdict]:
+    """math-verify's reading and verdict of each text (``confagg.verify.check_text``; None: no
+    text to read, no answer) in ``processes`` workers, ``timeout`` CPU seconds each. Identical
+    (gold, text) pairs are checked once; with ``processes`` > 1 the checks that time out run
+    once more at the end, one at a time, as in :func:`verify_many`."""
+    if len(golds) != len(texts):
+        raise ValueError(f"{len(golds)} gold answers but {len(texts)} texts")
+    pairs = [(normalise(g), t) for g, t in zip(golds, texts, strict=True) if t is not None]
+    todo = list(dict.fromkeys(pairs))
+    results = dict(
+        zip(todo, _run(todo, max(1, processes), timeout, _bounded_text_check), strict=True)
+    )
+    again = [key for key in todo if results[key].verdict == TIMEOUT]
+    if again and processes > 1:
+        results.update(zip(again, _run(again, 1, timeout, _bounded_text_check), strict=True))
+    return [
+        TextVerdict(None, NO_ANSWER) if t is None else results[(normalise(g), t)]
+        for g, t in zip(golds, texts, strict=True)
+    ]
+
+
+def read_and_verify(
+    golds: Sequence[str],
+    texts: Sequence[str],
+    reading: Reading,
+    processes: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[list[str | None], list[Verdict]]:
+    """(answers, verdicts) of whole model texts by ``reading`` (``grading.extraction``,
+    ``think_end``, ``require_think_end``): the one place a text becomes an answer and a verdict
+    (grading, the aggregators' outputs, the GRPO reward). ``boxed``: the last ``\\boxed{}``
+    after the marker, verified by :func:`verify_many`. ``math_verify``: math-verify's own
+    extraction of the part after the marker and its verdict, in the workers (bounded time)."""
+    if reading.extraction == "boxed":
+        answers = [final_answer(t, reading) for t in texts]
+        return answers, verify_many(golds, answers, processes, timeout)
+    results = verify_texts(golds, [reading.answer_part(t) for t in texts], processes, timeout)
+    return [r.answer for r in results], [r.verdict for r in results]
 
 
 def answer_equality(processes: int = 1, timeout: float = DEFAULT_TIMEOUT) -> Callable:

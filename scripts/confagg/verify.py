@@ -158,29 +158,73 @@ def _boxed(answer: str) -> str:
     return "\\boxed{" + answer + "}"
 
 
-def check(gold: str, pred: str, parsed_golds: dict | None = None) -> Verdict:
-    """One math-verify check, without a time bound (runs inside a worker process)."""
-    from math_verify import parse, verify
+def _parsed_gold(gold: str, parsed_golds: dict | None) -> list:
+    """math-verify's parse of ``\\boxed{gold}`` (the gold answer as every check reads it),
+    cached in ``parsed_golds`` (per worker) where given."""
+    from math_verify import parse
+
+    if parsed_golds is not None and gold in parsed_golds:
+        return parsed_golds[gold]
+    g = parse(_boxed(gold), parsing_timeout=None)
+    if parsed_golds is not None:
+        if len(parsed_golds) >= 4096:
+            parsed_golds.clear()
+        parsed_golds[gold] = g
+    return g
+
+
+def _verdict(g: list, p: list) -> Verdict:
+    """math-verify's ``verify(g, p)`` as a verdict: a prediction of nothing but math-verify's
+    string fallback that does not match is ``unparseable``."""
+    from math_verify import verify
     from sympy import Basic, MatrixBase
 
-    try:
-        if parsed_golds is not None and gold in parsed_golds:
-            g = parsed_golds[gold]
-        else:
-            g = parse(_boxed(gold), parsing_timeout=None)
-            if parsed_golds is not None:
-                if len(parsed_golds) >= 4096:
-                    parsed_golds.clear()
-                parsed_golds[gold] = g
-        p = parse(_boxed(pred), parsing_timeout=None)
-        ok = verify(g, p, timeout_seconds=None)
-    except (Exception, RecursionError, MemoryError):
-        return UNPARSEABLE
-    if ok:
+    if verify(g, p, timeout_seconds=None):
         return CORRECT
     if not any(isinstance(x, Basic | MatrixBase) for x in p):
         return UNPARSEABLE  # only math-verify's string fallback, or nothing
     return INCORRECT
+
+
+def check(gold: str, pred: str, parsed_golds: dict | None = None) -> Verdict:
+    """One math-verify check, without a time bound (runs inside a worker process)."""
+    from math_verify import parse
+
+    try:
+        g = _parsed_gold(gold, parsed_golds)
+        return _verdict(g, parse(_boxed(pred), parsing_timeout=None))
+    except (Exception, RecursionError, MemoryError):
+        return UNPARSEABLE
+
+
+def prediction_extraction() -> tuple:
+    """math-verify's extraction targets for a whole model answer, as lighteval's math metrics
+    (``latex_gold_metric``, ``expr_gold_metric``) and open-r1 read one: LaTeX with
+    ``\\boxed{}`` matched first (``boxed_match_priority=0``), then the other final-answer forms
+    ("final answer is", "answer:", ``$...$`` and other environments), and plain expressions."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return (ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0))
+
+
+def check_text(gold: str, text: str, parsed_golds: dict | None = None, found=None) -> Verdict:
+    """math-verify's own reading of a model answer: ``verify(parse(\\boxed{gold}),
+    parse(text, prediction_extraction()))``, without a time bound (runs inside a worker
+    process). ``found(answer)`` is told the extracted answer's text (math-verify's string of
+    its match) as soon as it is known, so that a check that then runs out of time keeps it.
+    No answer found: ``no_answer``."""
+    from math_verify import parse
+
+    try:
+        p = parse(text, prediction_extraction(), parsing_timeout=None)
+        answer = next((x for x in reversed(p) if isinstance(x, str)), None)
+        if not p or answer is None or not answer.strip():
+            return NO_ANSWER
+        if found is not None:
+            found(answer.strip())
+        return _verdict(_parsed_gold(gold, parsed_golds), p)
+    except (Exception, RecursionError, MemoryError):
+        return UNPARSEABLE
 
 
 def status_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:

@@ -37,6 +37,8 @@ from conftest import BIN
 from .harness import digest, fault_env
 
 RUN = "r"
+READING = {"extraction": "boxed", "think_end": "</think>", "require_think_end": False}
+GRADING = json.dumps({"timeout": 5, "reading": READING})
 PROBLEMS, SAMPLES_EACH = 12, 8
 EVAL_SETTINGS = {"ks": [1, 2, 4], "window": 2,
                  "online": {"warmup": 2, "etas": [10, 90], "consensus": 0.95}}  # fmt: skip
@@ -74,7 +76,7 @@ class Run:
         args = {
             "score": ["--settings", json.dumps({"window": 2, "tail_tokens": 2}), s, sc],
             "grade": ["--problems", str(self.problems), "--processes", "1", "--settings",
-                      json.dumps({"timeout": 5, "require_think_end": False}), s, gr],
+                      GRADING, s, gr],
             "curate": ["--problems", str(self.problems), "--samples", s, "--scores", sc,
                        "--grades", gr, "--benchmarks", "--settings",
                        json.dumps(curate_settings(0, sets_per_problem=2, set_size=4)),

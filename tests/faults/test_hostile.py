@@ -450,7 +450,8 @@ def test_hostile_files_on_disk(figures, tmp_path):
     write_table(pa.table({**ids, **{m: [0.5] * 4 for m in SCORES.names[2:]}}), scores, SCORES)
     write_table(
         pa.table(
-            {**ids, "correct": [True] * 4, "status": ["correct"] * 4, "answer_group": [0] * 4,
+            {**ids, "correct": [True] * 4, "status": ["correct"] * 4,
+             "answer": table.column("answer"), "answer_group": [0] * 4,
              "unfinished_thinking": [False] * 4}
         ),
         grades,
