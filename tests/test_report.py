@@ -188,6 +188,13 @@ def test_compare_two_runs_side_by_side(tmp_path):
     b_maj = b[(b["method"] == "majority") & (b["k"] == 4)]["mean"].iloc[0]
     assert maj["difference"] == pytest.approx(b_maj - a_maj)
     assert len(both) == len(a) == len(b)  # the same rows matched one to one
+    assert both[["quantity", "method"]].values.tolist() == a[["quantity", "method"]].values.tolist()
+    # a row one run lacks: blank on its side, and last when only b has it
+    b.iloc[1:].to_csv(tmp_path / "fewer.csv", index=False)
+    fewer = compare_runs(runs[0], tmp_path / "fewer.csv")
+    assert np.isnan(fewer["mean_b"].iloc[0]) and np.isnan(fewer["difference"].iloc[0])
+    reverse = compare_runs(tmp_path / "fewer.csv", runs[0])
+    assert reverse[["method", "k"]].iloc[-1].tolist() == a[["method", "k"]].iloc[0].tolist()
     page = tmp_path / "compare.html"
     main(["compare", str(runs[0]), str(runs[1]), "--out", str(page)])
     text = page.read_text()

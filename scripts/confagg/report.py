@@ -1069,7 +1069,7 @@ def build_summary(metrics_files: Sequence[Path], out: Path, csv: Path | None = N
     ]
     if csv is not None:
         with atomic_path(csv) as tmp:
-            pd.concat(tables, ignore_index=True).to_csv(tmp, index=False)
+            pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
@@ -1102,10 +1102,14 @@ def compare_runs(a: Path, b: Path) -> pd.DataFrame:
             raise ValueError(f"{_summary_csv(run)}: not a confagg summary.csv (no {missing})")
         frames.append(frame)
     cols = ["mean", "std", "n_seeds", "name"]
-    kept = [*keys, "label", *cols]
-    both = frames[0][kept].merge(
-        frames[1][kept], on=keys, how="outer", suffixes=("_a", "_b"), sort=False
-    )
+    kept = [*keys, "label", *cols, "order"]
+    a, b = (f.assign(order=np.arange(len(f)) + i * len(frames[0])) for i, f in enumerate(frames))
+    both = a[kept].merge(b[kept], on=keys, how="outer", suffixes=("_a", "_b"))
+    # a's rows in a's order, then those only b has (b's are numbered after a's; an outer merge
+    # sorts the keys)
+    rank = both["order_a"].fillna(both["order_b"])
+    both = both.iloc[np.argsort(rank.to_numpy(), kind="stable")]
+    both = both.drop(columns=["order_a", "order_b"]).reset_index(drop=True)
     both["label"] = both["label_a"].fillna(both["label_b"])
     both["difference"] = both["mean_b"] - both["mean_a"]
     se = np.sqrt(both["std_a"] ** 2 / both["n_seeds_a"] + both["std_b"] ** 2 / both["n_seeds_b"])
