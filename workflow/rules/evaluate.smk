@@ -1,7 +1,7 @@
 # Evaluation per benchmark x seed (aggregator variants, every voting method) and one report per
 # benchmark. One benchmark alone: snakemake results/<run>/reports/<benchmark>/report.html
 # Rule -> module: aggregate_sets -> confagg.aggregate, evaluate_seed -> confagg.evaluate,
-# report_benchmark / report_summary -> confagg.report.
+# report_training / report_benchmark / report_summary -> confagg.report.
 
 
 rule aggregate_sets:
