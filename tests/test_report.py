@@ -7,18 +7,38 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from confagg import methods as mt
 from confagg.confidence import METRICS
 from confagg.files import write_json
-from confagg.report import build_report, build_summary
+from confagg.report import (
+    DIFFICULTY_BINS,
+    FIGURES,
+    SUMMARY_COLUMNS,
+    SeedFiles,
+    accuracy_by_difficulty,
+    build_report,
+    build_summary,
+    compare_runs,
+    difficulty_bin,
+    lighteval_name,
+    main,
+    reliability_bins,
+    roc_curve,
+    training_curves,
+)
 from confagg.scoring import Online, evaluate_benchmark, in_memory_spend
-from confagg.tables import EVAL_CANDIDATES, write_table
+from confagg.tables import AGG_OUTPUTS, EVAL_CANDIDATES, write_table
+from conftest import REPO
 
 REPORT_FILES = {"html": "report.html", "metrics": "metrics.json", "summary": "summary.md"}
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _seed_dir(tmp_path, seed: int):
-    """metrics.json + candidates.parquet of one seed: 3 problems x 8 samples, an aggregator."""
+    """metrics.json + candidates.parquet + aggregators.parquet of one seed: 3 problems x 8
+    samples, an aggregator."""
     rng = np.random.default_rng(seed)
     rows, confs = [], []
     for p in range(3):
@@ -45,7 +65,14 @@ def _seed_dir(tmp_path, seed: int):
     d = tmp_path / f"seed{seed}"
     write_json(result, d / "metrics.json")
     write_table(pa_table(table[EVAL_CANDIDATES.names]), d / "candidates.parquet", EVAL_CANDIDATES)
+    outputs = agg.assign(output_idx=0, text="", answer="1", status="ok", prompt_tokens=50,
+                         prompt_truncated=False)  # fmt: skip
+    write_table(pa_table(outputs[AGG_OUTPUTS.names]), d / "aggregators.parquet", AGG_OUTPUTS)
     return d
+
+
+def _files(d) -> SeedFiles:
+    return SeedFiles(d / "metrics.json", d / "candidates.parquet", d / "aggregators.parquet")
 
 
 def pa_table(frame: pd.DataFrame):
@@ -63,9 +90,10 @@ def test_report_separates_the_oracle_and_marks_identical_methods(tmp_path):
     ]}))  # fmt: skip
     out = tmp_path / "report"
     out.mkdir()
-    seeds = [(d / "metrics.json", d / "candidates.parquet") for d in dirs]
+    seeds = [_files(d) for d in dirs]
     outputs = {n: out / f for n, f in REPORT_FILES.items()}
-    build_report("bench", seeds, outputs, curation)
+    figures = {name: out / "figures" / f"{name}.png" for name in FIGURES}
+    build_report("bench", seeds, outputs, curation, figures=figures)
     md = (out / "summary.md").read_text()
     equal_cost, oracle = md.split("Oracle")
     assert "| pass@k |" in oracle and "| pass@k |" not in equal_cost
@@ -81,12 +109,171 @@ def test_report_separates_the_oracle_and_marks_identical_methods(tmp_path):
     assert "1 (0 exact, 1 sharing a word n-gram)" in html
     assert "<td>q7</td>" in html and "<td>q8</td>" not in html
     assert "thinking never ended" in html
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == len(FIGURES)
+    assert "No trained aggregator variant was evaluated" in html
+    for name, path in figures.items():  # each figure also a PNG of its own
+        assert path.read_bytes().startswith(PNG), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["auroc"]["tail"]) == {"pooled", "per_problem_mean"}
 
     build_summary([out / "metrics.json"], tmp_path / "summary.md")
     overall = (tmp_path / "summary.md").read_text()
     main, oracle = overall.split("Oracle")
-    assert "bench (k=4)" in main and "| Conf-AggLM |" in main and "| pass@k |" in oracle
+    assert "bench (k=4, n=8)" in main and "| Conf-AggLM |" in main and "| pass@k |" in oracle
     assert "| pass@k |" not in main
+
+
+def test_lighteval_names_carry_k_and_n():
+    assert lighteval_name("pass", 1, "32") == "pass@k:k=1&n=32"
+    assert lighteval_name("majority", 8, "128") == "maj@k:k=8&n=128"
+    assert lighteval_name("weighted:tail", 4, "8") == "weighted_maj@k:k=4&n=8&conf=tail"
+    assert lighteval_name("top10:mean", 4, "8") == "deepconf@k:k=4&n=8&eta=10&conf=mean"
+    assert (
+        lighteval_name("online90", 8, "8") == "deepconf_online@k:k=8&n=8&eta=90&conf=lowest_group"
+    )
+    assert lighteval_name("Conf-AggLM", 4, "8") == "Conf-AggLM@k:k=4&n=8"
+
+
+def _report(tmp_path, name: str, seeds: tuple[int, ...]):
+    """A benchmark report of hand-made seeds under ``tmp_path/name``: its metrics.json."""
+    base = tmp_path / name
+    dirs = [_seed_dir(base, s) for s in seeds]
+    out = base / "report"
+    build_report(name, [_files(d) for d in dirs], {n: out / f for n, f in REPORT_FILES.items()})
+    return out / "metrics.json"
+
+
+def test_summary_csv_holds_every_number_of_every_benchmark(tmp_path):
+    files = [_report(tmp_path, "b1", (0, 1)), _report(tmp_path, "b2", (2, 3, 4))]
+    main(["summary", *map(str, files), "--out", str(tmp_path / "s.md"),
+          "--csv", str(tmp_path / "summary.csv")])  # fmt: skip
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    assert list(csv.columns) == list(SUMMARY_COLUMNS)
+    for path in files:
+        metrics = json.loads(path.read_text())
+        rows = csv[csv["benchmark"] == metrics["benchmark"]]
+        methods = rows[rows["quantity"] == "accuracy"]
+        # one row per method x k, with the report's numbers
+        assert len(methods) == len(metrics["summary"])
+        assert not methods.duplicated(["method", "k"]).any()
+        for cell in metrics["summary"]:
+            row = methods[(methods["method"] == cell["method"]) & (methods["k"] == cell["k"])]
+            assert len(row) == 1
+            assert row["mean"].iloc[0] == pytest.approx(cell["accuracy_mean"])
+            assert row["name"].iloc[0] == lighteval_name(cell["method"], cell["k"], "8")
+            per_seed = [r["methods"][cell["method"]]["by_k"][str(cell["k"])]["accuracy"]
+                        for r in metrics["per_seed"]]  # fmt: skip
+            assert [float(v) for v in row["per_seed"].iloc[0].split()] == pytest.approx(per_seed)
+            assert row["std"].iloc[0] == pytest.approx(np.std(per_seed, ddof=1))
+        seeds = " ".join(str(s) for s in metrics["seeds"])
+        assert set(rows["seeds"]) == {seeds} and set(rows["n_seeds"]) == {len(metrics["seeds"])}
+        assert "pass@k:k=1&n=8" in set(methods["name"])
+        auroc = rows[rows["quantity"] == "auroc"].set_index("metric")["mean"]
+        assert {m: auroc[m] for m in METRICS} == pytest.approx(
+            {m: metrics["auroc"][m]["pooled"]["mean"] for m in METRICS}
+        )
+    assert "| pass@1 |" in (tmp_path / "s.md").read_text()
+
+
+def test_compare_two_runs_side_by_side(tmp_path):
+    runs = []
+    for run, seeds in (("a", (0, 1)), ("b", (2, 3))):
+        metrics = _report(tmp_path / run, "bench", seeds)
+        folder = tmp_path / "results" / run
+        build_summary([metrics], folder / "summary.md", folder / "summary.csv")
+        runs.append(folder)
+    both = compare_runs(*runs)
+    a, b = (pd.read_csv(r / "summary.csv") for r in runs)
+    maj = both[(both["method"] == "majority") & (both["k"] == 4)].iloc[0]
+    a_maj = a[(a["method"] == "majority") & (a["k"] == 4)]["mean"].iloc[0]
+    b_maj = b[(b["method"] == "majority") & (b["k"] == 4)]["mean"].iloc[0]
+    assert maj["difference"] == pytest.approx(b_maj - a_maj)
+    assert len(both) == len(a) == len(b)  # the same rows matched one to one
+    assert both[["quantity", "method"]].values.tolist() == a[["quantity", "method"]].values.tolist()
+    # a row one run lacks: blank on its side, and last when only b has it
+    b.iloc[1:].to_csv(tmp_path / "fewer.csv", index=False)
+    fewer = compare_runs(runs[0], tmp_path / "fewer.csv")
+    assert np.isnan(fewer["mean_b"].iloc[0]) and np.isnan(fewer["difference"].iloc[0])
+    reverse = compare_runs(tmp_path / "fewer.csv", runs[0])
+    assert reverse[["method", "k"]].iloc[-1].tolist() == a[["method", "k"]].iloc[0].tolist()
+    page = tmp_path / "compare.html"
+    main(["compare", str(runs[0]), str(runs[1]), "--out", str(page)])
+    text = page.read_text()
+    assert "a (a) vs b (b)" in text and "maj@k:k=4&amp;n=8" in text
+    assert f"{100 * (b_maj - a_maj):+.1f}" in text
+    with pytest.raises(FileNotFoundError, match=r"no summary\.csv"):
+        compare_runs(runs[0], tmp_path / "nowhere")
+
+
+def test_difficulty_bins_are_the_problems_pass_at_1():
+    right = np.arange(9)
+    assert difficulty_bin(right, np.full(9, 8)).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 5]
+    assert DIFFICULTY_BINS[1] == "(0, 25%]"  # 2 of 8 (exactly 25%) is in it
+
+
+def test_accuracy_by_difficulty_on_a_known_case():
+    # 4 problems x 4 samples; answer group 0 is right. p0: never right, p1: 1 of 4 right (the
+    # other three agree on a wrong answer), p2: 3 of 4, p3: always right
+    groups = {"p0": [1, 1, 2, 2], "p1": [0, 1, 1, 1], "p2": [0, 0, 0, 1], "p3": [0, 0, 0, 0]}
+    rows = [{"problem_id": p, "sample_idx": i, "answer_group": g, "correct": g == 0,
+             "num_tokens": 10, **{m: 1.0 + i for m in METRICS}}
+            for p, gs in groups.items() for i, g in enumerate(gs)]  # fmt: skip
+    cands = pd.DataFrame(rows)
+    # an aggregator right on p0 only (an answer no sample had), wrong elsewhere: k = m = 4
+    columns = ["method", "problem_id", "set_idx", "k", "correct", "num_tokens"]
+    agg = pd.DataFrame([("agg", p, 0, 4, p == "p0", 5) for p in groups], columns=columns)
+    result = evaluate_benchmark(cands, [1, 4], 0, aggregator=agg)
+    bins, acc = accuracy_by_difficulty([(result, cands, agg)], 4)
+    assert bins["label"].tolist() == [DIFFICULTY_BINS[b] for b in (0, 1, 3, 5)]
+    assert bins["n_problems"].tolist() == [1, 1, 1, 1]
+    table = acc.pivot(index="method", columns="bin", values="accuracy_mean")
+    assert table.loc["majority"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert table.loc["pass"].tolist() == [0.0, 1.0, 1.0, 1.0]  # pass@4: any of the 4
+    assert table.loc["pass@1"].tolist() == [0.0, 0.25, 0.75, 1.0]
+    assert table.loc["agg"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    # the bins weighted by their problems give the benchmark's accuracy
+    for method in ("majority", "weighted:mean", "agg"):
+        overall = result["methods"][method]["by_k"]["4"]["accuracy"]
+        assert np.average(table.loc[method], weights=bins["n_problems"]) == pytest.approx(overall)
+
+
+def test_reliability_and_roc_of_a_confidence():
+    conf = np.array([0.1, 0.2, 0.2, 0.4, 0.5, 0.5, 0.7, 0.9, np.nan])
+    right = np.array([0, 0, 1, 0, 1, 1, 0, 1, 1], dtype=bool)
+    fpr, tpr = roc_curve(conf, right)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    # the area under the curve (ties entering together) is the rank AUROC, ties counting 1/2
+    assert np.trapezoid(tpr, fpr) == pytest.approx(mt.auroc(conf, right))
+    bins = reliability_bins(conf, right, bins=2)
+    assert bins["n"].tolist() == [4, 4]  # NaN left out; equal-count halves
+    assert bins["share_correct"].tolist() == [0.25, 0.75]
+
+
+def test_training_curves_from_the_logs(tmp_path):
+    logs = []
+    for i, variant in enumerate(("plain", "confidence")):
+        path = tmp_path / variant / "log.jsonl"
+        path.parent.mkdir()
+        rows = [{"step": s, "split": "train", "reward": 0.1 * s + i, "kl": None,
+                 "completion_length": 20 - s, "truncated": 0.5 / s}
+                for s in range(1, 5)]  # fmt: skip
+        rows.append({"step": 4, "split": "eval", "reward": 0.3, "completion_length": 15})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "spl')
+        logs.append(path)
+    out = tmp_path / "curves.png"
+    main(["training", *map(str, logs), "--out", str(out)])  # the torn last line skipped
+    assert out.read_bytes().startswith(PNG)
+    logs[0].write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"plain/log.jsonl:2: not a JSON line"):
+        training_curves(logs)
+
+
+def test_report_rule_registers_every_figure_for_snakemake_report(tmp_path):
+    rules = (REPO / "workflow/rules/evaluate.smk").read_text()
+    report_rule = rules[rules.index("rule report_benchmark:") : rules.index("rule report_summary:")]
+    listed = report_rule[report_rule.index("for figure in (") :]
+    assert [f for f in FIGURES if f'"{f}"' in listed] == list(FIGURES)
+    for figure in FIGURES:  # each has its caption
+        assert (REPO / "workflow/report" / f"{figure}.rst").is_file()
+    assert 'caption="../report/training_curves.rst"' in rules
+    assert 'category="Summary"' in rules[rules.index("rule report_summary:") :]

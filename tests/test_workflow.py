@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from test_sample import make_settings
 from confagg.confidence import METRICS
 from confagg.parts import parts_dir
 from confagg.problems import demo_problems, write_problems
+from confagg.report import DIFFICULTY_BINS, FIGURES
 from confagg.tables import AGG_OUTPUTS, GRADES, SAMPLES, SCORES, SETS, read_table
 from confagg.verify import STATUSES
 from conftest import REPO, SHARED_DATA, snakemake
@@ -172,11 +174,21 @@ def test_whole_workflow_to_the_report(tiny_run):
     assert set(seed0["methods"]["online10"]["by_k"]) == {"4"}
     assert set(metrics["auroc"]["mean"]) == {"pooled", "per_problem_mean"}
     html = (out / "reports/mini/report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
+    # every figure, and the training curves of the trained variants
+    assert html.count("data:image/png;base64,") == len(FIGURES) + 1
     assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
     assert "| maj@k |" in (out / "reports/mini/summary.md").read_text()
+    for figure in FIGURES:  # also each a file of its own, for snakemake --report
+        assert (out / f"reports/mini/figures/{figure}.png").stat().st_size > 0
+    assert (out / "reports/training_curves.png").stat().st_size > 0
+    assert {b["label"] for b in metrics["difficulty"]["bins"]} <= set(DIFFICULTY_BINS)
     overall = (out / "summary.md").read_text()  # every method at k = m = 2
-    assert "mini (k=2)" in overall and "| Conf-AggLM (trained, conf.) |" in overall
+    assert "mini (k=2, n=4)" in overall and "| Conf-AggLM (trained, conf.) |" in overall
+    csv = pd.read_csv(out / "summary.csv")
+    row = csv[(csv["benchmark"] == "mini") & (csv["method"] == "majority") & (csv["k"] == 2)]
+    assert row["name"].tolist() == ["maj@k:k=2&n=4"]
+    majority = seed0["methods"]["majority"]["by_k"]["2"]["accuracy"]
+    assert row["mean"].iloc[0] == pytest.approx(majority)
     # a second run has nothing to do
     proc = snakemake(
         "--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", "-n", cwd=workdir
@@ -201,10 +213,10 @@ def test_report_for_a_real_benchmark(tiny_run):
     metrics = json.loads((out / "reports/aime24/metrics.json").read_text())
     assert metrics["benchmark"] == "aime24" and metrics["per_seed"][0]["n_problems"] == 2
     html = (out / "reports/aime24/report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == len(FIGURES) + 1
     assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
     overall = (out / "summary.md").read_text()
-    assert "aime24 (k=2)" in overall and "mini (k=2)" in overall
+    assert "aime24 (k=2, n=4)" in overall and "mini (k=2, n=4)" in overall
 
 
 def test_snakemake_report_holds_every_registered_result(tiny_run):

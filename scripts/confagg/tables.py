@@ -123,10 +123,12 @@ AGG_OUTPUTS = pa.schema(
     metadata={"table": "aggregator_outputs"},
 )
 
-# One row per evaluation sample of a benchmark x seed (the report's confidence histograms).
+# One row per evaluation sample of a benchmark x seed: what the report re-scores (confidence
+# plots, calibration, accuracy by difficulty: the methods on a subset of problems).
 EVAL_CANDIDATES = pa.schema(
     [
         *_KEY_FIELDS,
+        GRADES.field("answer_group"),
         GRADES.field("correct"),
         SAMPLES.field("num_tokens"),
         SAMPLES.field("finish_reason"),

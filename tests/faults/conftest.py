@@ -37,6 +37,7 @@ RULE_ORDER = [
     "merge_adapter",
     "aggregate_sets",
     "evaluate_seed",
+    "report_training",
     "report_benchmark",
     "report_summary",
 ]

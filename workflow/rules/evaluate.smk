@@ -1,7 +1,7 @@
 # Evaluation per benchmark x seed (aggregator variants, every voting method) and one report per
 # benchmark. One benchmark alone: snakemake results/<run>/reports/<benchmark>/report.html
 # Rule -> module: aggregate_sets -> confagg.aggregate, evaluate_seed -> confagg.evaluate,
-# report_benchmark / report_summary -> confagg.report.
+# report_training / report_benchmark / report_summary -> confagg.report.
 
 
 rule aggregate_sets:
@@ -67,8 +67,32 @@ rule evaluate_seed:
         " --candidates {output.candidates} > {log} 2>&1"
 
 
+rule report_training:
+    """The GRPO training curves of the training runs that evaluated variants use."""
+    input:
+        [f"{OUT}/train/{variant}/log.jsonl" for variant in trained_aggregators()],
+    output:
+        report(
+            f"{OUT}/reports/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+            labels={"figure": "training curves"},
+        ),
+    log:
+        f"{LOGS}/report_training.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m confagg.report training {input:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule report_benchmark:
-    """report.html, metrics.json and summary.md of one benchmark, seeds as mean ± std."""
+    """report.html, metrics.json and summary.md of one benchmark, seeds as mean ± std, and its
+    figures one PNG each (registered for `snakemake --report`)."""
     input:
         metrics=lambda wc: expand(
             f"{OUT}/eval/{wc.benchmark}/seed{{seed}}/metrics.json",
@@ -78,17 +102,44 @@ rule report_benchmark:
             f"{OUT}/eval/{wc.benchmark}/seed{{seed}}/candidates.parquet",
             seed=config["evaluation"]["seeds"],
         ),
+        # per problem, for the accuracy by difficulty
+        aggregators=lambda wc: expand(
+            f"{OUT}/eval/{wc.benchmark}/seed{{seed}}/aggregators.parquet",
+            seed=config["evaluation"]["seeds"],
+        ),
         # the contamination that curation found (pool problems copying this benchmark's)
         curation=f"{OUT}/curated/summary.json",
+        # the training curves (none when every evaluated variant only prompts the base model)
+        training=rules.report_training.output if trained_aggregators() else [],
     output:
         html=report(
             f"{OUT}/reports/{{benchmark}}/report.html",
             caption="../report/benchmark.rst",
             category="Benchmarks",
-            labels={"benchmark": "{benchmark}"},
+            subcategory="{benchmark}",
+            labels={"benchmark": "{benchmark}", "figure": "the whole report"},
         ),
         metrics=f"{OUT}/reports/{{benchmark}}/metrics.json",
         summary=f"{OUT}/reports/{{benchmark}}/summary.md",
+        # one PNG per figure of the page (confagg.report.FIGURES), named by it
+        figures=[
+            report(
+                f"{OUT}/reports/{{benchmark}}/figures/{figure}.png",
+                caption=f"../report/{figure}.rst",
+                category="Benchmarks",
+                subcategory="{benchmark}",
+                labels={"benchmark": "{benchmark}", "figure": figure.replace("_", " ")},
+            )
+            for figure in (
+                "accuracy_vs_k",
+                "accuracy_vs_tokens",
+                "reliability",
+                "roc",
+                "accuracy_by_difficulty",
+                "confidence_histograms",
+                "seed_spread",
+            )
+        ],
     log:
         f"{LOGS}/report_benchmark/{{benchmark}}.log",
     localrule: True
@@ -99,18 +150,22 @@ rule report_benchmark:
         mem_mb=lambda wc, input: 2000 + 20 * int(input.size_mb),
         runtime=lambda wc, input: 10 + int(input.size_mb),
     shell:
-        "python -m confagg.report benchmark --name {wildcards.benchmark}"
-        " --metrics {input.metrics} --candidates {input.candidates} --curation {input.curation}"
-        " --html {output.html} --metrics-out {output.metrics} --summary-out {output.summary}"
-        " > {log} 2>&1"
+        "python -m confagg.report benchmark --name {wildcards.benchmark:q}"
+        " --metrics {input.metrics:q} --candidates {input.candidates:q}"
+        " --aggregators {input.aggregators:q} --curation {input.curation:q}"
+        " --training {input.training:q} --figures {output.figures:q}"
+        " --html {output.html:q} --metrics-out {output.metrics:q}"
+        " --summary-out {output.summary:q} > {log:q} 2>&1"
 
 
 rule report_summary:
-    """One table across benchmarks: results/<run>/summary.md."""
+    """One table across benchmarks (results/<run>/summary.md) and every number of every
+    benchmark (summary.csv: benchmark x method x k, lighteval's metric names)."""
     input:
         expand(f"{OUT}/reports/{{benchmark}}/metrics.json", benchmark=BENCHMARKS),
     output:
-        report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
+        md=report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
+        csv=report(f"{OUT}/summary.csv", caption="../report/summary_csv.rst", category="Summary"),
     log:
         f"{LOGS}/report_summary.log",
     localrule: True
@@ -120,7 +175,8 @@ rule report_summary:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m confagg.report summary {input} --out {output} > {log} 2>&1"
+        "python -m confagg.report summary {input:q} --out {output.md:q} --csv {output.csv:q}"
+        " > {log:q} 2>&1"
 
 
 for _name in BENCHMARKS:
