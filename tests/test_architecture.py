@@ -48,6 +48,8 @@ STAGE_PARTS = {
     "resume": "train",
     "trainset": "train",
     "parts": "sample",
+    "figures": "report",
+    "summaries": "report",
 }
 # Not a layer: the package marker.
 IGNORED = {"__init__"}

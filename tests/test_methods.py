@@ -14,8 +14,8 @@ import pytest
 from confagg import methods as mt
 from confagg.confidence import METRICS
 from confagg.grouping import normalise_answer
-from confagg.report import flatten, seed_summary
 from confagg.scoring import Online, evaluate_benchmark, in_memory_spend, method_names
+from confagg.summaries import flatten, seed_summary
 
 # ---------------------------------------------------------------------------------------------
 # pass@k

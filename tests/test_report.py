@@ -11,24 +11,20 @@ import pytest
 
 from confagg import methods as mt
 from confagg.confidence import METRICS
+from confagg.figures import training_curves
 from confagg.files import write_json
-from confagg.report import (
+from confagg.report import FIGURES, SeedFiles, build_report, build_summary, main
+from confagg.scoring import Online, evaluate_benchmark, in_memory_spend
+from confagg.summaries import (
     DIFFICULTY_BINS,
-    FIGURES,
     SUMMARY_COLUMNS,
-    SeedFiles,
     accuracy_by_difficulty,
-    build_report,
-    build_summary,
     compare_runs,
     difficulty_bin,
     lighteval_name,
-    main,
     reliability_bins,
     roc_curve,
-    training_curves,
 )
-from confagg.scoring import Online, evaluate_benchmark, in_memory_spend
 from confagg.tables import AGG_OUTPUTS, EVAL_CANDIDATES, write_table
 from conftest import REPO
 

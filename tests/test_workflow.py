@@ -23,7 +23,8 @@ from test_sample import make_settings
 from confagg.confidence import METRICS
 from confagg.parts import parts_dir
 from confagg.problems import demo_problems, write_problems
-from confagg.report import DIFFICULTY_BINS, FIGURES
+from confagg.report import FIGURES
+from confagg.summaries import DIFFICULTY_BINS
 from confagg.tables import AGG_OUTPUTS, GRADES, SAMPLES, SCORES, SETS, read_table
 from confagg.verify import STATUSES
 from conftest import REPO, SHARED_DATA, snakemake
