@@ -89,7 +89,17 @@ def test_report_separates_the_oracle_and_marks_identical_methods(tmp_path):
     seeds = [_files(d) for d in dirs]
     outputs = {n: out / f for n, f in REPORT_FILES.items()}
     figures = {name: out / "figures" / f"{name}.png" for name in FIGURES}
-    build_report("bench", seeds, outputs, curation, figures=figures)
+    # the model and data records as rules record_model and prepare_problems write them
+    model = tmp_path / "generator.source.json"
+    model.write_text(json.dumps({"role": "generator", "model": "Qwen/Qwen3-1.7B",
+                                 "revision": "v1.0", "commit": "0f" * 20, "note": None}))
+    data = tmp_path / "bench.source.json"
+    data.write_text(json.dumps({"source": {"hub": "x/y"}, "revision": None, "commit": None,
+                                "sha256": None, "note": "offline"}))  # fmt: skip
+    build_report("bench", seeds, outputs, curation, figures=figures, sources=[model, data])
+    page = (out / "report.html").read_text()
+    assert "<td>generator</td><td>Qwen/Qwen3-1.7B</td><td>v1.0</td><td>" + "0f" * 20 in page
+    assert "<td>bench</td>" in page and "(default branch)" in page and "(not known)" in page
     md = (out / "summary.md").read_text()
     equal_cost, oracle = md.split("Oracle")
     assert "| pass@k |" in oracle and "| pass@k |" not in equal_cost

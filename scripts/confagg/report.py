@@ -249,6 +249,29 @@ def _contamination(benchmark: str, curation: Path | None) -> str:
     return text
 
 
+def _provenance(records: Sequence[Path]) -> str:
+    """What the numbers were computed from: each model's and data set's record (the rules
+    ``record_model`` and ``prepare_problems`` write them): source, revision asked for, and the
+    commit read (a rerun that reads another commit reads other weights or data)."""
+    if not records:
+        return "<p>(no model or data records given)</p>"
+    rows = []
+    for path in records:
+        r = json.loads(Path(path).read_text())
+        what = r.get("role") or Path(path).name.removesuffix(".source.json")
+        source = r.get("model") or json.dumps(r.get("source"), sort_keys=True)
+        rows.append(
+            [
+                what,
+                source,
+                r.get("revision") or "(default branch)",
+                r.get("commit") or r.get("sha256") or "(not known)",
+                r.get("note") or "",
+            ]
+        )
+    return _html_table(["input", "source", "revision asked", "commit read", "note"], rows)
+
+
 class SeedFiles(NamedTuple):
     """One evaluation seed's files: its metrics, candidates and (optional) aggregator outputs."""
 
@@ -291,11 +314,13 @@ def build_report(
     curation: Path | None = None,
     training: Path | None = None,
     figures: Mapping[str, Path] | None = None,
+    sources: Sequence[Path] = (),
 ) -> None:
     """One benchmark's report from its seeds, the curation summary (for the contamination it
     found) and the training curves (``training``: a PNG of :func:`training_curves`, embedded):
     ``out["html"]`` (the page), ``out["metrics"]`` (every number of it), ``out["summary"]`` (a
-    markdown table) and each of ``figures`` (``{name in FIGURES: png path}``)."""
+    markdown table) and each of ``figures`` (``{name in FIGURES: png path}``); ``sources``: the
+    records of the models and data it was computed from (revision and commit)."""
     unknown = sorted(set(figures or {}) - set(FIGURES))
     if unknown:
         raise ValueError(f"no figure named {unknown} (figures: {', '.join(FIGURES)})")
@@ -374,6 +399,7 @@ def build_report(
         training=curves,
         counts=_counts_table(results),
         contamination=_contamination(benchmark, curation),
+        provenance=_provenance(sources),
         plots="".join(
             f"<h2>{html.escape(name.replace('_', ' '))}</h2>{_img(name, data)}"
             for name, data in plots.items()
@@ -491,6 +517,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     b.add_argument("--curation", type=Path, default=None, help="curated/summary.json")
     b.add_argument(
+        "--sources", nargs="*", type=Path, default=[], help="model and data records (.source.json)"
+    )
+    b.add_argument(
         "--training", type=Path, nargs="?", default=None, help="the training curves' PNG, if any"
     )
     b.add_argument(
@@ -528,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [
             SeedFiles(*files) for files in zip(args.metrics, args.candidates, aggs, strict=True)
         ]
-        build_report(args.name, seeds, outputs, args.curation, args.training, figures)
+        build_report(args.name, seeds, outputs, args.curation, args.training, figures, args.sources)
     elif args.cmd == "summary":
         build_summary(args.metrics, args.out, args.csv)
     elif args.cmd == "training":

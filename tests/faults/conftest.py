@@ -27,6 +27,7 @@ RUN = "f"
 POOL_N, BENCH_N, SAMPLES = 6, 3, 4  # problems in the pool and the benchmark, samples each
 # every rule's place in a run (a job's inputs come from rules before it)
 RULE_ORDER = [
+    "record_model",
     "prepare_problems",
     "check_problems",
     "sample_shard",

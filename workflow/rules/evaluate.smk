@@ -109,6 +109,13 @@ rule report_benchmark:
         ),
         # the contamination that curation found (pool problems copying this benchmark's)
         curation=f"{OUT}/curated/summary.json",
+        # what the numbers come from: the models' and data sets' revisions and commits
+        sources=lambda wc: [
+            f"{OUT}/models/generator.source.json",
+            f"{OUT}/models/aggregator.source.json",
+            f"{OUT}/data/{POOL}.source.json",
+            f"{OUT}/data/{wc.benchmark}.source.json",
+        ],
         # the training curves (none when every evaluated variant only prompts the base model)
         training=rules.report_training.output if trained_aggregators() else [],
     output:
@@ -153,6 +160,7 @@ rule report_benchmark:
         "python -m confagg.report benchmark --name {wildcards.benchmark:q}"
         " --metrics {input.metrics:q} --candidates {input.candidates:q}"
         " --aggregators {input.aggregators:q} --curation {input.curation:q}"
+        " --sources {input.sources:q}"
         " --training {input.training:q} --figures {output.figures:q}"
         " --html {output.html:q} --metrics-out {output.metrics:q}"
         " --summary-out {output.summary:q} > {log:q} 2>&1"
