@@ -91,8 +91,17 @@ def test_report_separates_the_oracle_and_marks_identical_methods(tmp_path):
     figures = {name: out / "figures" / f"{name}.png" for name in FIGURES}
     # the model and data records as rules record_model and prepare_problems write them
     model = tmp_path / "generator.source.json"
-    model.write_text(json.dumps({"role": "generator", "model": "Qwen/Qwen3-1.7B",
-                                 "revision": "v1.0", "commit": "0f" * 20, "note": None}))
+    model.write_text(
+        json.dumps(
+            {
+                "role": "generator",
+                "model": "Qwen/Qwen3-1.7B",
+                "revision": "v1.0",
+                "commit": "0f" * 20,
+                "note": None,
+            }
+        )
+    )
     data = tmp_path / "bench.source.json"
     data.write_text(json.dumps({"source": {"hub": "x/y"}, "revision": None, "commit": None,
                                 "sha256": None, "note": "offline"}))  # fmt: skip

@@ -185,7 +185,7 @@ def assert_named_damage(proc: subprocess.CompletedProcess, path: Path, role: str
 # (table damaged, its column, the stage that reads it, the role in the error)
 DAMAGE_CASES = [
     ("samples", "token_confidence", "score", "samples of pool seed 1, shard 0"),
-    ("samples", "answer", "grade", "samples of pool seed 1, shard 0"),
+    ("samples", "text", "grade", "samples of pool seed 1, shard 0"),  # it reads the texts
     ("samples", "token_confidence", "evaluate", "samples of pool seed 1, shard 0"),
     ("samples", "text", "curate", "samples of pool seed 1, shard 0"),
     ("scores", "tail", "curate", "scores of pool seed 1, shard 0"),

@@ -29,7 +29,7 @@ from confagg.config import ConfigError, check_consistency, resolve_aggregator, v
 from confagg.parts import PartError, Parts, parts_dir
 from confagg.problems import ProblemFileError, load_file, write_problems
 from confagg.sample import SampleSettings, fingerprint, sample_shard
-from confagg.settings import SettingsError, from_mapping, load
+from confagg.settings import SettingsError, for_rule, from_mapping, load
 from confagg.tables import GRADES, SAMPLES, SCORES, read_table, write_table
 from conftest import REPO, snakemake
 
@@ -351,23 +351,9 @@ def test_a_1mb_problem_is_named_at_preparation(figures, tmp_path, tiny_model):
     prepare.main(["--settings", json.dumps(settings), "--source-record", str(record), str(out)])
     cfg = tiny_config(tiny_model)
     validate(cfg, SCHEMA)
-    settings = {
-        "source": {"path": str(src)},
-        "fields": {},
-        "solver": {
-            "prompt": cfg["prompt"],
-            "chat_template_kwargs": {},
-            "max_model_len": cfg["generator"]["engine"]["max_model_len"],
-            "max_tokens": cfg["sampling"]["max_tokens"],
-        },
-        "aggregator": {
-            "prompt": cfg["aggregator"]["prompt"],
-            "chat_template_kwargs": {},
-            "set_size": cfg["evaluation"]["set_size"],
-            "max_model_len": cfg["generator"]["engine"]["max_model_len"],
-            "max_tokens": cfg["evaluation"]["aggregator_sampling"]["max_tokens"],
-        },
-    }
+    # the rule's settings (confagg.settings.for_rule), the source this test's file
+    settings = for_rule(cfg, "check_problems", dataset=next(iter(cfg["benchmarks"])))
+    settings["source"] = {"path": str(src)}
     expect_named(
         figures, "problems", "a 1 MB problem",
         lambda: check_prompts(out, settings, tiny_model, tiny_model, log=lambda _: None),
