@@ -104,6 +104,7 @@ def validate(config: MutableMapping, schema_path: str | Path) -> None:
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     check_model(config["generator"]["model"], "generator.model", config["generator"]["revision"])
+    resolve_aggregator(config)  # every reader of a validated config sees the aggregator's model
 
 
 def _source_revisions(config: Mapping) -> list[str]:

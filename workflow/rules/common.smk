@@ -29,8 +29,7 @@ except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 try:
-    # the aggregator's model: null is the generator's (AggLM: the same Qwen3-1.7B)
-    cfg.resolve_aggregator(config)
+    # (validation filled in the aggregator's model: null is the generator's, as in AggLM)
     # keys that are each valid but cannot work together: stop here, before any job
     cfg.check_consistency(config)
 except cfg.ConfigError as e:
