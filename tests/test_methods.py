@@ -548,6 +548,39 @@ def test_evaluate_benchmark_online_rows_from_hand_built_traces():
     assert "online10" not in r["methods"]
 
 
+def test_online_both_definitions_from_hand_built_traces():
+    """The paper's Algorithm 2 stops at consensus; the released code draws every trace: on
+    these traces the paper answers wrong from the warm-up, the released code right, at twice
+    the tokens."""
+    confs = [
+        np.array([5.0, 5, 5, 5]),  # warm-up, wrong answer 1: lowest group 5, votes
+        np.array([1.0, 1, 1, 1]),  # warm-up, answer 0: lowest 1, below the threshold
+        np.array([5.0, 5, 5, 5]),  # finishes, answer 0
+        np.array([5.0, 5, 5, 5]),  # finishes, answer 0
+    ]
+    table = _online_table(confs, keys=[1, 0, 0, 0], correct=[False, True, True, True])
+    online = Online(warmup=2, etas=(10,), consensus=0.95)
+    r = evaluate_benchmark(table, ks=[4], seed=0, online=online, spend=in_memory_spend(confs, 3))
+    assert r["method_order"][-2:] == ["online10", "online10:released"]
+    paper = r["methods"]["online10"]
+    released = r["methods"]["online10:released"]
+    assert "Alg. 2" in paper["label"] and "released code" in released["label"]
+    assert released["family"] == paper["family"] == "online"
+    # threshold 4.6: only trace 0 votes after the warm-up, all the weight: the paper stops
+    assert paper["by_k"]["4"]["accuracy"] == 0.0
+    assert paper["by_k"]["4"]["tokens_per_problem"] == 8
+    assert paper["by_k"]["4"]["traces_per_problem"] == 2
+    # the released code draws traces 2 and 3 (weights 5 + 5 for answer 0 against 5)
+    assert released["by_k"]["4"]["accuracy"] == 1.0
+    assert released["by_k"]["4"]["tokens_per_problem"] == 16
+    assert released["by_k"]["4"]["traces_per_problem"] == 4
+    assert released["by_k"]["4"]["tokens_saved_per_problem"] == 0
+    # one set by hand: stop=False ignores tau
+    keys, lowest, tokens = [1, 0, 0, 0], [5.0, 1.0, 5.0, 5.0], np.array([4, 4, 4, 4])
+    assert mt.deepconf_online(keys, lowest, tokens, tokens, 2, 4.6, 0.95) == (0, 8, 2)
+    assert mt.deepconf_online(keys, lowest, tokens, tokens, 2, 4.6, 0.95, stop=False) == (2, 16, 4)
+
+
 def test_identical_picks_are_marked():
     table = pd.DataFrame(
         {

@@ -112,7 +112,9 @@ def test_report_separates_the_oracle_and_marks_identical_methods(tmp_path):
     md = (out / "summary.md").read_text()
     equal_cost, oracle = md.split("Oracle")
     assert "| pass@k |" in oracle and "| pass@k |" not in equal_cost
-    assert "| maj@k |" in equal_cost and "DeepConf-online top 10% (lowest_group)" in equal_cost
+    assert "| maj@k |" in equal_cost
+    assert "DeepConf-online top 10% (lowest_group; paper, Alg. 2" in equal_cost
+    assert "DeepConf-online top 10% (lowest_group; released code" in equal_cost
     assert "over 2 evaluation seeds (the training runs fixed" in md
     # eta = 10 of 8 keeps one trace: the filter is best-of-8 in every set, and says so
     row = next(line for line in equal_cost.splitlines() if "DeepConf top 10% (mean)" in line)
@@ -146,6 +148,8 @@ def test_lighteval_names_carry_k_and_n():
     assert (
         lighteval_name("online90", 8, "8") == "deepconf_online@k:k=8&n=8&eta=90&conf=lowest_group"
     )
+    released = lighteval_name("online90:released", 8, "8")
+    assert released == "deepconf_online_released@k:k=8&n=8&eta=90&conf=lowest_group"
     assert lighteval_name("Conf-AggLM", 4, "8") == "Conf-AggLM@k:k=4&n=8"
 
 

@@ -99,6 +99,8 @@ def _family_plot(summary: pd.DataFrame, x: str, xlabel: str, benchmark: str, tit
                 style.update(color="black")
             elif family == "online":
                 style.update(color={10.0: "tab:purple"}.get(g["eta"].iloc[0], "tab:brown"))
+                if g["method"].iloc[0].endswith(":released"):  # the released code's definition
+                    style.update(linestyle="--", marker="s")
             else:
                 style.update(color=_METRIC_COLOURS.get(metric, "tab:gray"))
             yerr = 100 * g["accuracy_std"].fillna(0) if x == "k" else None

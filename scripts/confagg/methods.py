@@ -30,9 +30,12 @@ Rules shared by every method (one rule everywhere, so the methods differ only in
   code uses, when the confidences are distinct; we keep exactly ``keep`` (ties at the cut in set
   order) where that code would keep every tied trace. Examples: eta = 10 keeps 1 of 8 and 13 of
   128; eta = 90 keeps 7 of 8 and 115 of 128.
-* **DeepConf-online** (Fu et al. 2025, Algorithm 2; the public code's deepconf-online.py and its
-  vLLM logits processor), simulated exactly from stored traces, one set of ``k`` traces (the
-  budget) at a time, traces drawn in set order:
+* **DeepConf-online**, simulated exactly from stored traces, one set of ``k`` traces (the
+  budget) at a time, traces drawn in set order, in two definitions that share steps 1, 2 and 4:
+  the paper's (Fu et al. 2025, Algorithm 2, with step 3) and the released code's
+  (facebookresearch/deepconf ``deepconf-online.py`` and its vLLM logits processor: no step 3,
+  every one of the ``k`` traces is drawn; its final vote is ``weighted_majority_vote`` over the
+  same voters with the same weights, so step 4 is shared).
 
   1. The first ``N_init`` traces (all of them when ``k <= N_init``) are the warm-up, generated
      in full. The threshold ``s`` is the ``(100 - eta)``-th percentile (numpy's linear
@@ -43,12 +46,12 @@ Rules shared by every method (one rule everywhere, so the methods differ only in
      token once ``w`` tokens exist, and forces the end of the text there): it spends the
      tokens up to and including that window's last token (:func:`online_spent`), and it does
      not vote. A trace shorter than ``w`` has no full window and is never stopped.
-  3. Before each new trace, and after the warm-up, the vote so far is checked: voters are the
-     warm-up traces with lowest group confidence ``>= s`` and the later traces that finished
-     (not stopped, lowest group confidence ``>= s``, which only matters for a trace shorter
-     than ``w``, as in that code's post-filter), each weighing its lowest group confidence.
-     When the leading answer holds at least ``tau`` of the total weight, no more traces are
-     drawn (adaptive sampling).
+  3. (The paper only.) Before each new trace, and after the warm-up, the vote so far is
+     checked: voters are the warm-up traces with lowest group confidence ``>= s`` and the
+     later traces that finished (not stopped, lowest group confidence ``>= s``, which only
+     matters for a trace shorter than ``w``, as in that code's post-filter), each weighing its
+     lowest group confidence. When the leading answer holds at least ``tau`` of the total
+     weight, no more traces are drawn (adaptive sampling).
   4. The answer is the weighted vote of those voters (tie rule as above).
 
   Tokens spent: the warm-up's, the stopped traces' prefixes and the finished traces'; traces
@@ -302,9 +305,12 @@ def online_spent(conf, window: int, thresholds) -> np.ndarray:
     return np.where(first < len(groups), first + window, n).astype(np.int64)
 
 
-def deepconf_online(keys, lowest, tokens, spent, n_warmup: int, threshold: float, tau: float):
+def deepconf_online(
+    keys, lowest, tokens, spent, n_warmup: int, threshold: float, tau: float, *, stop=True
+):
     """One set of DeepConf-online (see the module docstring): ``(picked position or -1, tokens
-    spent, traces drawn)``.
+    spent, traces drawn)``. ``stop``: the paper's consensus stop (step 3) at ``tau``; False:
+    the released code's definition, every trace drawn (``tau`` unused).
 
     ``keys``: answer codes (-1 = none); ``lowest``: each trace's lowest group confidence;
     ``tokens``: its full length; ``spent``: what it costs when drawn after the warm-up
@@ -329,7 +335,7 @@ def deepconf_online(keys, lowest, tokens, spent, n_warmup: int, threshold: float
         vote(pos)
     used = int(np.sum(tokens[:n_warm]))
     drawn = n_warm
-    while drawn < k and consensus() < tau:
+    while drawn < k and not (stop and consensus() >= tau):
         used += int(spent[drawn])
         if spent[drawn] >= tokens[drawn]:  # finished: not stopped
             vote(drawn)

@@ -51,9 +51,17 @@ def method_names(
     names += [f"weighted:{m}" for m in metrics]
     names += [f"best:{m}" for m in metrics]
     names += [f"top{eta:g}:{m}" for eta in etas for m in metrics]
-    names += [f"online{eta:g}" for eta in online_etas]
+    names += [f"online{eta:g}{variant}" for eta in online_etas for variant in ONLINE_VARIANTS]
     return names
 
+
+# DeepConf-online's two definitions (confagg.methods): the name's suffix -> (the consensus stop,
+# the label's note). "online10" is the paper's Algorithm 2, "online10:released" the released
+# code's (every trace of the budget drawn).
+ONLINE_VARIANTS = {
+    "": (True, "paper, Alg. 2: consensus stop"),
+    ":released": (False, "released code: no consensus stop"),
+}
 
 _FIXED_LABELS = {"pass": "pass@k", "majority": "maj@k"}
 _METRIC_LABELS = {"weighted": "weighted vote", "best": "best-of-k"}  # "<label> (<metric>)"
@@ -64,9 +72,12 @@ def method_info(name: str) -> dict:
     module does not know is an aggregator (family "aggregator", labelled by its name)."""
     if name in _FIXED_LABELS:
         return {"family": name, "metric": None, "eta": None, "label": _FIXED_LABELS[name]}
-    if name.startswith("online") and name[6:].replace(".", "", 1).isdigit():
-        eta = float(name[6:])
-        label = f"DeepConf-online top {eta:g}% (lowest_group)"
+    base, colon, variant = name.partition(":")
+    is_online = base.startswith("online") and base[6:].replace(".", "", 1).isdigit()
+    if is_online and colon + variant in ONLINE_VARIANTS:
+        eta = float(base[6:])
+        note = ONLINE_VARIANTS[colon + variant][1]
+        label = f"DeepConf-online top {eta:g}% (lowest_group; {note})"
         return {"family": "online", "metric": "lowest_group", "eta": eta, "label": label}
     family, _, metric = name.partition(":")
     if metric in METRICS:
@@ -237,12 +248,13 @@ def _online_plan(b: _Benchmark, ks: Sequence[int], online: Online):
 
 
 def _online_cells(b: _Benchmark, online: Online, plans, requests, spend: Spend, picks: dict):
-    """``{name: {str(k): cell}}`` of DeepConf-online; its picks go into ``picks``."""
+    """``{name: {str(k): cell}}`` of DeepConf-online, both definitions (``ONLINE_VARIANTS``) on
+    the same sets and thresholds; their picks go into ``picks``."""
     spent_of = spend(requests)
     taken = {r: 0 for r in requests}  # how many of row r's thresholds are read so far
     out: dict[str, dict] = {}
     for (eta, k), (idx, thresholds) in plans.items():
-        winners, used, drawn = [], [], []
+        runs = {suffix: ([], [], []) for suffix in ONLINE_VARIANTS}
         for row, t in zip(idx, thresholds, strict=True):
             costs = b.tokens[row].copy()
             for pos in range(online.warmup, k):
@@ -250,24 +262,33 @@ def _online_cells(b: _Benchmark, online: Online, plans, requests, spend: Spend, 
                 costs[pos] = spent_of[r][taken[r]]
                 taken[r] += 1
             lowest = b.conf["lowest_group"][row]
-            w, u, d = mt.deepconf_online(
-                b.keys[row], lowest, b.tokens[row], costs, online.warmup, t, online.consensus
-            )
-            winners.append(w)
-            used.append(u)
-            drawn.append(d)
-        winners = np.array(winners, np.int64)
-        name = f"online{eta:g}"
-        picks.setdefault(name, {})[k] = winners
-        right = mt.picked_correct(winners, b.correct[idx]).astype(np.float64)
-        used = np.array(used, np.float64)
-        out.setdefault(name, {})[str(k)] = {
-            "accuracy": b.mean_over_problems(right, k),
-            "tokens_per_problem": b.mean_over_problems(used, k),
-            "tokens_saved_per_problem": b.mean_over_problems(b.tokens[idx].sum(axis=1) - used, k),
-            "traces_per_problem": b.mean_over_problems(np.array(drawn, np.float64), k),
-            "n_sets": len(idx),
-        }
+            for suffix, (stop, _) in ONLINE_VARIANTS.items():
+                w, u, d = mt.deepconf_online(
+                    b.keys[row],
+                    lowest,
+                    b.tokens[row],
+                    costs,
+                    online.warmup,
+                    t,
+                    online.consensus,
+                    stop=stop,
+                )
+                for values, value in zip(runs[suffix], (w, u, d), strict=True):
+                    values.append(value)
+        for suffix, run in runs.items():
+            winners, drawn = np.array(run[0], np.int64), np.array(run[2], np.float64)
+            used = np.array(run[1], np.float64)
+            name = f"online{eta:g}{suffix}"
+            picks.setdefault(name, {})[k] = winners
+            right = mt.picked_correct(winners, b.correct[idx]).astype(np.float64)
+            saved = b.tokens[idx].sum(axis=1) - used
+            out.setdefault(name, {})[str(k)] = {
+                "accuracy": b.mean_over_problems(right, k),
+                "tokens_per_problem": b.mean_over_problems(used, k),
+                "tokens_saved_per_problem": b.mean_over_problems(saved, k),
+                "traces_per_problem": b.mean_over_problems(drawn, k),
+                "n_sets": len(idx),
+            }
     return out
 
 

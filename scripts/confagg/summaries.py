@@ -97,6 +97,8 @@ def lighteval_name(method: str, k: int | str, n: str) -> str:
     an aggregator variant is ``<name>@k``."""
     info = method_info(method)
     base = _LIGHTEVAL_BASE.get(info["family"], f"{method}@k")
+    if info["family"] == "online" and method.endswith(":released"):
+        base = "deepconf_online_released@k"  # the released code's definition (no consensus stop)
     params = [f"k={k}", f"n={n}"]
     if info["eta"] is not None:
         params.append(f"eta={info['eta']:g}")
