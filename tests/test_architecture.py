@@ -25,6 +25,7 @@ CORE = {
     "prompts",
     "scoring",
     "seeds",
+    "stats",
     "verify",
 }
 SHARED = {

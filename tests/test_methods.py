@@ -601,3 +601,61 @@ def test_identical_picks_are_marked():
     assert "same_as" not in by4["majority"] and by4["top90:mean"]["same_as"] == "majority"
     # at k = 1 every vote picks the one sample
     assert r["methods"]["best:tail"]["by_k"]["1"]["same_as"] == "majority"
+
+
+def test_aggregator_cells_say_what_was_answered_per_training_run():
+    """Two problems x 2 samples, sets of 2, two training runs of one variant, r = 2 calls per
+    set: each number is the mean over the runs; the answered share and the accuracy among
+    answered calls are over calls; per_problem gives the same means problem by problem."""
+    table = pd.DataFrame(
+        {
+            "problem_id": ["a", "a", "b", "b"],
+            "sample_idx": [0, 1, 0, 1],
+            "answer_group": [0, 1, 0, 0],
+            "correct": [True, False, False, False],
+            "num_tokens": [10, 20, 30, 40],
+            **{m: 1.0 for m in METRICS},
+        }
+    )
+    rows = [
+        # (train_seed, problem, output, answer, correct, generated, prompt)
+        (0, "a", 0, "1", True, 5, 100),
+        (0, "a", 1, None, False, 7, 100),
+        (0, "b", 0, "2", False, 5, 200),
+        (0, "b", 1, "2", False, 5, 200),
+        (1, "a", 0, "1", True, 5, 100),
+        (1, "a", 1, "1", True, 5, 100),
+        (1, "b", 0, None, False, 9, 200),
+        (1, "b", 1, "3", True, 9, 200),
+    ]
+    agg = pd.DataFrame(
+        rows,
+        columns=["train_seed", "problem_id", "output_idx", "answer", "correct", "num_tokens",
+                 "prompt_tokens"],
+    ).assign(method="Conf-AggLM", set_idx=0, k=2)  # fmt: skip
+    r = evaluate_benchmark(table, ks=[1, 2], seed=0, aggregator=agg)
+    cell = r["methods"]["Conf-AggLM"]["by_k"]["2"]
+    # run 0: a 1/2, b 0 -> 0.25; run 1: a 1, b 1/2 -> 0.75
+    assert cell["by_train_seed"]["0"]["accuracy"] == 0.25
+    assert cell["by_train_seed"]["1"]["accuracy"] == 0.75
+    assert cell["accuracy"] == 0.5 and cell["n_train_seeds"] == 2
+    assert cell["calls"] == 8 and cell["no_answer"] == 2 and cell["no_answer_share"] == 0.25
+    assert cell["accuracy_answered"] == 4 / 6
+    assert cell["by_train_seed"]["1"]["accuracy_answered"] == 3 / 3
+    # tokens: the candidates (a: 30, b: 70) + one completion (run 0: a 6, b 5; run 1: 5, 9)
+    assert cell["tokens_per_problem"] == ((30 + 6 + 70 + 5) / 2 + (30 + 5 + 70 + 9) / 2) / 2
+    assert cell["prompt_tokens_per_problem"] == 150
+    from confagg.scoring import per_problem
+
+    pp = per_problem(table, [1, 2], 0, aggregator=agg).set_index(["method", "k", "problem_id"])
+    assert pp.loc[("Conf-AggLM", 2, "a"), "accuracy"] == 0.75
+    assert pp.loc[("Conf-AggLM", 2, "b"), "accuracy"] == 0.25
+    assert pp.loc[("majority", 2, "a"), "accuracy"] == 1.0  # tie: the first answer
+    means = pp.groupby(level=["method", "k"])["accuracy"].mean()
+    for name, info in r["methods"].items():
+        for k, c in info["by_k"].items():
+            if name in means.index.get_level_values(0):
+                assert means[(name, int(k))] == pytest.approx(c["accuracy"]), (name, k)
+    # a prompted variant (train_seed null) is one run
+    cell = evaluate_benchmark(table, [2], 0, aggregator=agg.assign(train_seed=None))
+    assert "by_train_seed" not in cell["methods"]["Conf-AggLM"]["by_k"]["2"]

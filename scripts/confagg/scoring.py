@@ -41,6 +41,9 @@ from confagg.seeds import derive_seed
 ETAS = (10, 90)
 SAMPLE_COLUMNS = ("problem_id", "sample_idx", "answer_group", "correct", "num_tokens", *METRICS)
 AGGREGATOR_COLUMNS = ("method", "problem_id", "set_idx", "k", "correct", "num_tokens")
+# read where the table has them: what an aggregator learned (``answer``: null when it gave
+# none), its prompt (``prompt_tokens``) and its training run (``train_seed``: null, prompted)
+AGGREGATOR_OPTIONAL = ("answer", "prompt_tokens", "train_seed")
 
 
 def method_names(
@@ -151,9 +154,13 @@ class _Benchmark:
             self._sets[k] = (np.concatenate(idx), np.concatenate(prob))
         return self._sets[k]
 
-    def mean_over_problems(self, per_set: np.ndarray, k: int) -> float:
+    def per_problem(self, per_set: np.ndarray, k: int) -> np.ndarray:
+        """The mean of a per-set value over each problem's k-sets (problem order)."""
         _, prob = self.sets(k)
-        return float(np.nanmean(_per_problem(per_set, prob, len(self.problems))))
+        return _per_problem(per_set, prob, len(self.problems))
+
+    def mean_over_problems(self, per_set: np.ndarray, k: int) -> float:
+        return float(np.nanmean(self.per_problem(per_set, k)))
 
 
 def _winners(b: _Benchmark, name: str, idx: np.ndarray) -> np.ndarray:
@@ -171,47 +178,184 @@ def _winners(b: _Benchmark, name: str, idx: np.ndarray) -> np.ndarray:
     raise ValueError(f"not a sample-based method: {name}")
 
 
-def _aggregator_rows(b: _Benchmark, aggregator: pd.DataFrame) -> dict[str, dict]:
-    """``{method: {str(k): cell}}`` for aggregator outputs (one row per call, ``r`` per set)."""
+def _sample_method(b: _Benchmark, name: str, k: int):
+    """Per-problem (accuracy, tokens) of a sample-based method at ``k``, and its picks per set
+    (None for pass@k, which picks with the gold answer)."""
+    if name == "pass":
+        correct_count = np.bincount(b.problem, weights=b.correct, minlength=len(b.problems))
+        mean_tokens = _per_problem(b.tokens, b.problem, len(b.problems))
+        return mt.pass_at_k(b.counts, correct_count, k), k * mean_tokens, None
+    idx, _ = b.sets(k)
+    winners = _winners(b, name, idx)
+    right = mt.picked_correct(winners, b.correct[idx]).astype(np.float64)
+    return b.per_problem(right, k), b.per_problem(b.tokens[idx].sum(axis=1), k), winners
+
+
+def per_problem(
+    samples: pd.DataFrame,
+    ks: Iterable[int],
+    seed: int,
+    *,
+    shuffle: bool = False,
+    etas: Sequence[float] = ETAS,
+    aggregator: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Each problem's accuracy and tokens, per method and k, scored as
+    :func:`evaluate_benchmark` scores them (its accuracy is the mean of these over problems):
+    one row per ``method, k, problem_id`` with ``accuracy, tokens`` (an aggregator's: the mean
+    over its training runs). DeepConf-online, which needs the token confidences, is left out.
+    What the reports' intervals and paired tests resample."""
+    b = _Benchmark(samples, seed, shuffle)
+    n_min = int(b.counts.min())
+    frames = []
+
+    def add(name: str, k: int, accuracy, tokens) -> None:
+        frame = {"problem_id": b.problems, "accuracy": accuracy, "tokens": tokens}
+        frames.append(pd.DataFrame(frame).assign(method=name, k=k))
+
+    for k in sorted({int(k) for k in ks if 1 <= int(k) <= n_min}):
+        for name in method_names(METRICS, etas):
+            add(name, k, *_sample_method(b, name, k)[:2])
+    if aggregator is not None and len(aggregator):
+        for name, k, rows in _aggregator_groups(aggregator):
+            mean = _aggregator_cell(b, rows, name, k)[1]
+            add(name, k, mean["accuracy"], mean["tokens"])
+    columns = ["method", "k", "problem_id", "accuracy", "tokens"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def _aggregator_run(b: _Benchmark, rows: pd.DataFrame, where: str, k: int) -> dict:
+    """Per-problem arrays (problem order) of one aggregator run at set size ``k`` (one
+    variant, one training seed): ``accuracy``, ``tokens`` (the set's candidates' generated
+    tokens plus the mean generated tokens of one completion), ``prompt_tokens`` (the mean
+    prompt of a call; NaN where the table has none); and over its calls: ``calls``,
+    ``no_answer`` (calls with no answer; None where the table has no ``answer``),
+    ``answered_right``."""
+    pid_index = {pid: p for p, pid in enumerate(b.problems)}
+    unknown = set(rows["problem_id"]) - set(pid_index)
+    absent = set(pid_index) - set(rows["problem_id"])
+    if unknown or absent:
+        raise ValueError(
+            f"aggregator {where} k={k}: problems {sorted(unknown)} are not in the sample "
+            f"table and {sorted(absent)} have no aggregator output"
+        )
+    if k > b.counts.min():
+        raise ValueError(f"aggregator {where}: k={k} exceeds the samples of some problem")
+    prompt = rows.get("prompt_tokens", np.nan)
+    per_set = (
+        rows.assign(prompt_tokens=prompt)
+        .groupby(["problem_id", "set_idx"], sort=False)
+        .agg(
+            correct=("correct", "mean"),
+            call_tokens=("num_tokens", "mean"),
+            prompt_tokens=("prompt_tokens", "mean"),
+        )
+    )
+    idx, prob = b.sets(k)
+    first_set = np.r_[0, np.cumsum(np.bincount(prob, minlength=len(b.problems)))[:-1]]
+    p = per_set.index.get_level_values("problem_id").map(pid_index).to_numpy(np.int64)
+    j = per_set.index.get_level_values("set_idx").to_numpy(np.int64)
+    n_sets = b.counts[p] // k
+    if np.any((j < 0) | (j >= n_sets)):
+        raise ValueError(f"aggregator {where} k={k}: set_idx outside 0..n//k-1")
+    sample_tokens = b.tokens[idx[first_set[p] + j]].sum(axis=1)
+    n_p = len(b.problems)
+    answered = rows["answer"].notna().to_numpy() if "answer" in rows else None
+    correct = rows["correct"].to_numpy(bool)
+    return {
+        "accuracy": _per_problem(per_set["correct"].to_numpy(np.float64), p, n_p),
+        "tokens": _per_problem(sample_tokens + per_set["call_tokens"].to_numpy(np.float64), p, n_p),
+        "prompt_tokens": _per_problem(per_set["prompt_tokens"].to_numpy(np.float64), p, n_p),
+        "n_sets": len(per_set),
+        "calls": len(rows),
+        "no_answer": None if answered is None else int((~answered).sum()),
+        # a right call has an answer (the verdict needs one)
+        "answered_right": int(correct.sum()),
+    }
+
+
+def _runs(rows: pd.DataFrame) -> list[tuple[int | None, pd.DataFrame]]:
+    """One variant's rows at one k split by training run (``train_seed``; None: one run, a
+    prompted variant or a table without the column)."""
+    if "train_seed" not in rows or rows["train_seed"].isna().all():
+        return [(None, rows)]
+    if rows["train_seed"].isna().any():
+        raise ValueError("aggregator rows mix a training seed and none for one variant")
+    return [(int(s), g) for s, g in rows.groupby("train_seed", sort=True)]
+
+
+def _answered(calls: int, no_answer: int | None, right: int) -> dict:
+    """What an aggregator learned, over its calls: the share with no answer and the accuracy
+    among those answered (None: the table has no ``answer`` column, or nothing answered)."""
+    if no_answer is None:
+        return {}
+    answered = calls - no_answer
+    return {
+        "calls": calls,
+        "no_answer": no_answer,
+        "no_answer_share": no_answer / calls if calls else None,
+        "accuracy_answered": right / answered if answered else None,
+    }
+
+
+def _aggregator_cell(b: _Benchmark, rows: pd.DataFrame, name: str, k: int):
+    """(cell, per-problem accuracy and tokens) of one variant at set size ``k``: every
+    number is the mean over its training runs (``by_train_seed``: each run's own)."""
+    runs = [(seed, _aggregator_run(b, g, f"{name!r}", k)) for seed, g in _runs(rows)]
+    mean = {
+        key: np.mean([r[key] for _, r in runs], axis=0)
+        for key in ("accuracy", "tokens", "prompt_tokens")
+    }
+    with np.errstate(invalid="ignore"):
+        prompt = (
+            np.nanmean(mean["prompt_tokens"])
+            if np.isfinite(mean["prompt_tokens"]).any()
+            else np.nan
+        )
+    cell = {
+        "accuracy": _num(mean["accuracy"].mean()),
+        "tokens_per_problem": _num(mean["tokens"].mean()),
+        "prompt_tokens_per_problem": _num(prompt),
+        "n_sets": runs[0][1]["n_sets"],
+        "n_train_seeds": len(runs) if runs[0][0] is not None else None,
+    }
+    no_answer = [r["no_answer"] for _, r in runs]
+    cell.update(
+        _answered(
+            sum(r["calls"] for _, r in runs),
+            None if None in no_answer else sum(no_answer),
+            sum(r["answered_right"] for _, r in runs),
+        )
+    )
+    if runs[0][0] is not None:
+        cell["by_train_seed"] = {
+            str(seed): {
+                "accuracy": _num(r["accuracy"].mean()),
+                "tokens_per_problem": _num(r["tokens"].mean()),
+                **_answered(r["calls"], r["no_answer"], r["answered_right"]),
+            }
+            for seed, r in runs
+        }
+    return cell, mean
+
+
+def _aggregator_groups(aggregator: pd.DataFrame):
+    """``(name, k, rows)`` of the aggregator outputs, variants in the order they were run (the
+    config's, not alphabetical), then by k."""
     missing = [c for c in AGGREGATOR_COLUMNS if c not in aggregator.columns]
     if missing:
         raise ValueError(f"aggregator table lacks columns {missing}")
-    pid_index = {pid: p for p, pid in enumerate(b.problems)}
-    out: dict[str, dict] = {}
-    # variants in the order they were run (the config's), not alphabetical
     order = {name: i for i, name in enumerate(dict.fromkeys(aggregator["method"]))}
     groups = aggregator.groupby(["method", "k"], sort=True)
-    for (name, k_value), rows in sorted(groups, key=lambda g: (order[g[0][0]], g[0][1])):
-        k = int(k_value)
-        unknown = set(rows["problem_id"]) - set(pid_index)
-        absent = set(pid_index) - set(rows["problem_id"])
-        if unknown or absent:
-            raise ValueError(
-                f"aggregator {name!r} k={k}: problems {sorted(unknown)} are not in the sample "
-                f"table and {sorted(absent)} have no aggregator output"
-            )
-        if k > b.counts.min():
-            raise ValueError(f"aggregator {name!r}: k={k} exceeds the samples of some problem")
-        per_set = rows.groupby(["problem_id", "set_idx"], sort=False).agg(
-            correct=("correct", "mean"), call_tokens=("num_tokens", "mean")
-        )
-        idx, prob = b.sets(k)
-        first_set = np.r_[0, np.cumsum(np.bincount(prob, minlength=len(b.problems)))[:-1]]
-        p = per_set.index.get_level_values("problem_id").map(pid_index).to_numpy(np.int64)
-        j = per_set.index.get_level_values("set_idx").to_numpy(np.int64)
-        n_sets = b.counts[p] // k
-        if np.any((j < 0) | (j >= n_sets)):
-            raise ValueError(f"aggregator {name!r} k={k}: set_idx outside 0..n//k-1")
-        sample_tokens = b.tokens[idx[first_set[p] + j]].sum(axis=1)
-        n_p = len(b.problems)
-        acc = _per_problem(per_set["correct"].to_numpy(np.float64), p, n_p)
-        tok = _per_problem(sample_tokens + per_set["call_tokens"].to_numpy(np.float64), p, n_p)
-        cell = {
-            "accuracy": _num(acc.mean()),
-            "tokens_per_problem": _num(tok.mean()),
-            "n_sets": len(per_set),
-        }
-        out.setdefault(str(name), {})[str(k)] = cell
+    for (name, k), rows in sorted(groups, key=lambda g: (order[g[0][0]], g[0][1])):
+        yield str(name), int(k), rows
+
+
+def _aggregator_rows(b: _Benchmark, aggregator: pd.DataFrame) -> dict[str, dict]:
+    """``{method: {str(k): cell}}`` for aggregator outputs (one row per call, ``r`` per set)."""
+    out: dict[str, dict] = {}
+    for name, k, rows in _aggregator_groups(aggregator):
+        out.setdefault(name, {})[str(k)] = _aggregator_cell(b, rows, name, k)[0]
     return out
 
 
@@ -361,30 +505,20 @@ def evaluate_benchmark(
     used = [k for k in ks if 1 <= k <= n_min]
     n_p = len(b.problems)
     correct_count = np.bincount(b.problem, weights=b.correct, minlength=n_p)
-    mean_tokens = _per_problem(b.tokens, b.problem, n_p)
 
     methods: dict[str, dict] = {}
     picks: dict[str, dict[int, np.ndarray]] = {}
     for name in method_names(METRICS, etas):
         by_k = {}
         for k in used:
-            if name == "pass":
-                acc = float(np.mean(mt.pass_at_k(b.counts, correct_count, k)))
-                by_k[str(k)] = {
-                    "accuracy": acc,
-                    "tokens_per_problem": _num(k * mean_tokens.mean()),
-                    "n_sets": None,
-                }
-                continue
-            idx, _ = b.sets(k)
-            winners = _winners(b, name, idx)
-            picks.setdefault(name, {})[k] = winners
-            right = mt.picked_correct(winners, b.correct[idx])
+            accuracy, tokens, winners = _sample_method(b, name, k)
             by_k[str(k)] = {
-                "accuracy": b.mean_over_problems(right.astype(np.float64), k),
-                "tokens_per_problem": b.mean_over_problems(b.tokens[idx].sum(axis=1), k),
-                "n_sets": len(idx),
+                "accuracy": float(np.nanmean(accuracy)),
+                "tokens_per_problem": _num(np.nanmean(tokens)),
+                "n_sets": None if winners is None else len(winners),
             }
+            if winners is not None:
+                picks.setdefault(name, {})[k] = winners
         methods[name] = {**method_info(name), "by_k": by_k}
     if online is not None:
         if spend is None:
