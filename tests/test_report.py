@@ -296,3 +296,98 @@ def test_report_rule_registers_every_figure_for_snakemake_report(tmp_path):
         assert (REPO / "workflow/report" / f"{figure}.rst").is_file()
     assert 'caption="../report/training_curves.rst"' in rules
     assert 'category="Summary"' in rules[rules.index("rule report_summary:") :]
+
+
+VARIANTS = (
+    {"name": "AggLM", "trained": "plain", "confidence": False},
+    {"name": "Conf-AggLM", "trained": "confidence", "confidence": True},
+    {"name": "Conf-AggLM (permuted)", "trained": "confidence", "confidence": True,
+     "confidences": "permuted"},
+)  # fmt: skip
+
+
+def _grid_seed_dir(tmp_path, seed: int):
+    """12 problems x 8 samples; three variants at set sizes 2 and 4, r = 2 completions, two
+    training runs each: Conf-AggLM right on every set, AggLM on none, the permuted control
+    on every other problem; AggLM answers nothing on its first completion."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(12):
+        for i in range(8):
+            group = int(rng.integers(0, 3))
+            rows.append({"problem_id": f"p{p:02d}", "sample_idx": i, "answer_group": group,
+                         "correct": group == 0, "num_tokens": 10, "finish_reason": "stop",
+                         **{m: float(rng.uniform(0.5, 3.0)) for m in METRICS}})  # fmt: skip
+    table = pd.DataFrame(rows)
+    calls = []
+    for name, right in (("AggLM", lambda p: False), ("Conf-AggLM", lambda p: True),
+                        ("Conf-AggLM (permuted)", lambda p: p % 2 == 0)):  # fmt: skip
+        for k in (2, 4):
+            for train_seed in (0, 1):
+                for p in range(12):
+                    for j in range(8 // k):
+                        for r in (0, 1):
+                            none = name == "AggLM" and r == 0
+                            calls.append((name, f"p{p:02d}", j, k, r, train_seed,
+                                          None if none else "1", right(p), 5, 40))  # fmt: skip
+    columns = ["method", "problem_id", "set_idx", "k", "output_idx", "train_seed", "answer",
+               "correct", "num_tokens", "prompt_tokens"]  # fmt: skip
+    agg = pd.DataFrame(calls, columns=columns)
+    result = evaluate_benchmark(table, [1, 2, 4, 8], seed, aggregator=agg)
+    d = tmp_path / f"seed{seed}"
+    write_json(result, d / "metrics.json")
+    write_table(pa_table(table[EVAL_CANDIDATES.names]), d / "candidates.parquet", EVAL_CANDIDATES)
+    outputs = agg.assign(text="", status="ok", prompt_truncated=False)
+    outputs = outputs.drop_duplicates(["method", "problem_id", "set_idx", "k", "output_idx"])
+    write_table(pa_table(outputs[AGG_OUTPUTS.names]), d / "aggregators.parquet", AGG_OUTPUTS)
+    return d
+
+
+def test_report_gives_the_headline_paired_tests_and_training_seeds(tmp_path):
+    from confagg.report import Settings
+
+    dirs = [_grid_seed_dir(tmp_path, s) for s in (0, 1)]
+    out = tmp_path / "report"
+    settings = Settings(aggregators=VARIANTS)
+    outputs = {n: out / f for n, f in REPORT_FILES.items()}
+    build_report("grid", [_files(d) for d in dirs], outputs, settings=settings)
+    metrics = json.loads((out / "metrics.json").read_text())
+    unc = metrics["uncertainty"]
+    assert unc["n_problems"] == 12 and "sign-flip" in unc["test"]
+
+    # the headline: every aggregator x set size x {maj@k, best weighted vote}
+    heads = {(h["aggregator"], h["set_size"], h["vote"]): h for h in unc["headline"]}
+    assert len(heads) == 3 * 2 * 2
+    perfect = heads["Conf-AggLM", 2, "majority"]
+    maj = {s["k"]: s["accuracy_mean"] for s in metrics["summary"] if s["method"] == "majority"}
+    assert perfect["accuracy"]["mean"] == 1.0
+    assert max(maj.values()) < 1.0 and perfect["k"] is None and perfect["token_ratio"] is None
+    never = heads["AggLM", 4, "majority"]
+    assert never["k"] == 1 and never["token_ratio"] == pytest.approx(10 / (40 + 5))
+
+    # paired tests: Conf-AggLM against AggLM (right on every problem the other misses)
+    tests = {(t["comparison"], t["a"], t["a_k"], t["b"], t["b_k"]): t for t in unc["paired"]}
+    conf = tests["confidences shown vs not", "Conf-AggLM", 2, "AggLM", 2]
+    assert conf["difference"] == 1.0 and conf["significant"] and conf["p_value"] < 0.001
+    control = tests["real confidences vs permuted", "Conf-AggLM", 4, "Conf-AggLM (permuted)", 4]
+    assert control["difference"] == pytest.approx(0.5) and control["low"] > 0
+    same_k = tests["vs maj@k at the same k", "Conf-AggLM", 4, "majority", 4]
+    assert same_k["difference"] == pytest.approx(1 - maj[4])
+    # no prompted variant: no "trained vs prompted" pair
+    assert not any(t["comparison"] == "trained vs prompted" for t in unc["paired"])
+
+    # what each learned, and the two spreads, labelled
+    agg_rows = {(s["method"], s["k"]): s for s in metrics["summary"]}
+    assert agg_rows["AggLM", 2]["no_answer_share_mean"] == 0.5
+    assert agg_rows["AggLM", 2]["accuracy_answered_mean"] == 0.0
+    assert agg_rows["Conf-AggLM", 4]["n_train_seeds"] == 2
+    html = (out / "report.html").read_text()
+    assert "± over training seeds" in html and "± 0.0 over 2 training seeds" in html
+    assert "no answer (% of calls)" in html and "accuracy among answered (%)" in html
+    md = (out / "summary.md").read_text()
+    assert "### Headline" in md and "not reached" in md and "### Paired comparisons" in md
+    assert "| confidences shown vs not | Conf-AggLM (k=2) | AggLM (k=2) | +100.0" in md
+
+    build_summary([out / "metrics.json"], tmp_path / "summary.md")
+    overall = (tmp_path / "summary.md").read_text()
+    assert "| grid | Conf-AggLM | 2 | 100.0 [100.0, 100.0] |" in overall

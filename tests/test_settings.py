@@ -17,6 +17,7 @@ from confagg import (
     grade,
     models,
     prepare,
+    report,
     sample,
     score,
     train,
@@ -39,6 +40,7 @@ STAGE_SETTINGS = {
     "train_aggregator": train.Settings,
     "aggregate_sets": aggregate.Settings,
     "evaluate_seed": evaluate.Settings,
+    "report_benchmark": report.Settings,
 }
 
 
@@ -62,6 +64,7 @@ def _wildcards(config: dict, rule: str) -> list[dict]:
         "train_aggregator": [{"variant": v} for v in config["training"]["variants"]],
         "aggregate_sets": [{"benchmark": benchmark, "seed": str(seed)}],
         "evaluate_seed": [{"benchmark": benchmark, "seed": str(seed)}],
+        "report_benchmark": [{"benchmark": benchmark}],
     }[rule]
 
 

@@ -33,7 +33,7 @@ def _png(fig) -> str:
 
 
 # One panel per method family; within a panel, colour by confidence metric. maj@k is drawn in
-# every panel as the reference (grey), the aggregators as stars at k = m.
+# every panel as the reference (grey), the aggregators at their set sizes m.
 _PANELS = [
     ("majority", "maj@k and pass@k (oracle, dashed)"),
     ("weighted", "confidence-weighted vote"),
@@ -41,7 +41,7 @@ _PANELS = [
     ("filter10", "DeepConf filter, top 10%"),
     ("filter90", "DeepConf filter, top 90%"),
     ("online", "DeepConf-online (tokens actually spent)"),
-    ("aggregator", "aggregators at k = m"),
+    ("aggregator", "aggregators at each set size m"),
 ]
 _METRIC_COLOURS = {
     "mean": "tab:blue",
@@ -89,7 +89,12 @@ def _family_plot(summary: pd.DataFrame, x: str, xlabel: str, benchmark: str, tit
             style = {"marker": "o", "markersize": 4}
             if family == "aggregator":
                 marker = _AGGREGATOR_MARKERS[aggregators % len(_AGGREGATOR_MARKERS)]
-                style = {"marker": marker, "markersize": 10, "linestyle": "none"}
+                # one set size: a point; several: a curve beside the votes'
+                style = {
+                    "marker": marker,
+                    "markersize": 8,
+                    "linestyle": "-" if len(g) > 1 else "none",
+                }
                 if x == "k":  # side by side around k = m (log axis: a factor, not a shift)
                     g = g.assign(k=g["k"] * 2 ** (0.08 * (aggregators - (n_aggregators - 1) / 2)))
                 aggregators += 1

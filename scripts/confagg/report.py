@@ -18,8 +18,12 @@ What the tables say: methods at equal cost (every one reads the same k samples) 
 oracle pass@k (it needs the gold answer to pick); a method whose picks equal an earlier
 method's in every set is marked "= <that method>" (e.g. DeepConf top 10% at k = 8 keeps one
 trace: it is best-of-8); ± is the standard deviation over the evaluation seeds, with the
-training runs fixed (one per training variant): it measures the candidates' and the
-aggregators' sampling, not training. Every method at every k also carries its name as
+training runs fixed: it measures the candidates' and the aggregators' sampling, not training.
+The aggregator table gives the standard deviation over training seeds apart, and what each
+variant learned (calls with no answer, accuracy among answered). The headline (the smallest k
+at which maj@k and the best confidence-weighted vote reach each aggregator, and their tokens'
+ratio) and the paired tests carry 95 % intervals over problems (``confagg.stats``: percentile
+bootstrap, sign-flip permutation test). Every method at every k also carries its name as
 lighteval writes metrics (``pass@k:k=1&n=32``, ``maj@k:k=8&n=32``: ``n`` the samples per
 problem the estimate reads; :func:`lighteval_name`).
 """
@@ -33,6 +37,7 @@ import json
 import math
 import string
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,7 +47,8 @@ import pandas as pd
 from confagg.confidence import METRICS
 from confagg.figures import benchmark_plots, calibration_plots, difficulty_plot, training_curves
 from confagg.files import atomic_path, write_json
-from confagg.scoring import AGGREGATOR_COLUMNS
+from confagg.scoring import AGGREGATOR_COLUMNS, AGGREGATOR_OPTIONAL
+from confagg.settings import load
 from confagg.summaries import (
     accuracy_by_difficulty,
     compare_runs,
@@ -53,6 +59,7 @@ from confagg.summaries import (
     samples_n,
     seed_summary,
     summary_rows,
+    uncertainty,
 )
 from confagg.tables import AGG_OUTPUTS, EVAL_CANDIDATES, read_table
 
@@ -109,9 +116,94 @@ def _spread_note(n_seeds: int) -> str:
     if n_seeds > 1:
         return (
             f"mean ± std over {n_seeds} evaluation seeds (the training runs fixed: ± measures "
-            "the sampling of candidates and aggregators, not training)"
+            "the sampling of candidates and aggregators, not training; the spread over "
+            "training seeds and over problems is in the aggregator, headline and paired tables)"
         )
     return "one evaluation seed (no spread)"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _interval(mean, low, high) -> str:
+    return f"{_pct(mean)} [{_pct(low)}, {_pct(high)}]"
+
+
+def _k_text(k) -> str:
+    return "not reached" if k is None else str(k)
+
+
+def _ratio_text(h: dict) -> str:
+    if h["token_ratio"] is None:
+        return f"> {h['ratio_at_max_k']:.2f}x (not reached)"
+    low = "n/a" if h["ratio_low"] is None else f"{h['ratio_low']:.2f}"
+    high = "not reached" if h["ratio_high"] is None else f"{h['ratio_high']:.2f}"
+    return f"{h['token_ratio']:.2f}x [{low}, {high}]"
+
+
+HEADLINE_HEAD = [
+    "aggregator",
+    "set size",
+    "accuracy (%) [95% CI]",
+    "tokens",
+    "vote",
+    "smallest k reaching it [95% CI]",
+    "vote's tokens / aggregator's [95% CI]",
+    "resamples where reached",
+]
+
+
+def headline_table(headline: Sequence[dict]) -> list[list[str]]:
+    """The headline's rows (``HEADLINE_HEAD``): for each aggregator at each set size and each
+    vote, the smallest k at which the vote reaches its accuracy and their tokens' ratio."""
+    return [
+        [
+            h["label"],
+            str(h["set_size"]),
+            _interval(h["accuracy"]["mean"], h["accuracy"]["low"], h["accuracy"]["high"]),
+            f"{h['tokens']:.0f}",
+            h["vote_label"],
+            f"{_k_text(h['k'])} [{_k_text(h['k_low'])}, {_k_text(h['k_high'])}]"
+            + (f" (k ≤ {h['max_k']} sampled)" if h["k"] is None else ""),
+            _ratio_text(h),
+            f"{100 * h['reached_share']:.0f}%",
+        ]
+        for h in headline
+    ]
+
+
+PAIRED_HEAD = ["comparison", "a", "b", "a - b (points) [95% CI]", "p", "significant"]
+
+
+def paired_table(paired: Sequence[dict]) -> list[list[str]]:
+    """The paired tests' rows (``PAIRED_HEAD``); significant: p < 0.05 (marked *)."""
+    return [
+        [
+            t["comparison"],
+            f"{t['a_label']} (k={t['a_k']})",
+            f"{t['b_label']} (k={t['b_k']})",
+            f"{100 * t['difference']:+.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}]",
+            f"{t['p_value']:.3g}",
+            "*" if t["significant"] else "",
+        ]
+        for t in paired
+    ]
+
+
+def _uncertainty_note(unc: Mapping) -> str:
+    return (
+        f"Over the {unc['n_problems']} problems (each problem's accuracy averaged over its "
+        f"sets, completions, evaluation seeds and training runs): intervals are the "
+        f"{unc['interval']} ({unc['resamples']} resamples); p-values from the {unc['test']}; "
+        f"* marks p < {unc['alpha']:g}, uncorrected for the {len(unc['paired'])} tests. "
+        "Headline: the smallest sampled k whose vote accuracy is at least the aggregator's (an "
+        "equal accuracy counts as reached); tokens are generated tokens per problem: a vote's "
+        "are its k samples', an aggregator's its m candidates' plus one completion's (the mean "
+        "of its r completions; its prompt, which holds the candidates again, is counted apart "
+        "in the aggregator table). The best confidence-weighted vote is the metric with the "
+        "highest mean accuracy over k > 1, chosen on these results."
+    )
 
 
 _NAME_HEAD = f"name (lighteval; {_K_OF_COLUMN}: the column's k)"
@@ -125,8 +217,37 @@ def _markdown_table(ks: list[int], rows: list[tuple[str, str, list[str]]]) -> li
     ]
 
 
+def _markdown_rows(head: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]
+
+
+def _uncertainty_markdown(unc: Mapping | None) -> list[str]:
+    if not unc or not unc["headline"]:
+        return []
+    return [
+        "",
+        "### Headline: where voting reaches each aggregator",
+        "",
+        _uncertainty_note(unc),
+        "",
+        *_markdown_rows(HEADLINE_HEAD, headline_table(unc["headline"])),
+        "",
+        "### Paired comparisons (same problems, same sets)",
+        "",
+        *_markdown_rows(PAIRED_HEAD, paired_table(unc["paired"])),
+    ]
+
+
 def summary_markdown(
-    benchmark: str, summary: pd.DataFrame, pass1: tuple[float, float], n_seeds: int
+    benchmark: str,
+    summary: pd.DataFrame,
+    pass1: tuple[float, float],
+    n_seeds: int,
+    unc: Mapping | None = None,
 ) -> str:
     lines = [
         f"## {benchmark}: accuracy (%), {_spread_note(n_seeds)}",
@@ -141,6 +262,7 @@ def summary_markdown(
         "Oracle (picks with the gold answer; an upper bound, not a method):",
         "",
         *_markdown_table(*_table_rows(summary, oracle=True)),
+        *_uncertainty_markdown(unc),
     ]
     return "\n".join(lines) + "\n"
 
@@ -160,23 +282,47 @@ def _method_table(summary: pd.DataFrame, oracle: bool = False) -> str:
 
 
 def _aggregator_table(summary: pd.DataFrame) -> str:
-    """The aggregator variants side by side at k = m, with maj@m beside them."""
+    """The aggregator variants at each set size m, maj@m beside them, the spread over
+    training runs, and what they learned: the share of calls with no answer and the accuracy
+    among the answered."""
     agg = summary[summary["family"] == "aggregator"]
     if agg.empty:
         return "<p>No aggregator variant was evaluated.</p>"
-    m = int(agg["k"].max())
-    at = summary[(summary["k"] == m) & summary["family"].isin(["majority", "aggregator"])]
-    maj = at.loc[at["family"] == "majority", "accuracy_mean"]
-    rows = [
-        [
-            r.label,
-            _fmt(r.accuracy_mean, r.accuracy_std),
-            "" if maj.empty else f"{100 * (r.accuracy_mean - maj.iloc[0]):+.1f}",
-            f"{r.tokens_mean:.0f}",
-        ]
-        for r in at.itertuples()
+    maj = summary[summary["family"] == "majority"].set_index("k")["accuracy_mean"]
+    rows = []
+    for r in agg.sort_values("k", kind="stable").itertuples():
+        n_train = getattr(r, "n_train_seeds", math.nan)
+        n_train = float(n_train) if pd.notna(n_train) else math.nan
+        train = "(prompted, or no training seed recorded)"
+        if n_train > 1:
+            train = f"± {100 * r.train_accuracy_std:.1f} over {n_train:.0f} training seeds"
+        elif n_train == 1:
+            train = "one training seed (no spread)"
+        rows.append(
+            [
+                r.label,
+                r.k,
+                _fmt(r.accuracy_mean, r.accuracy_std),
+                train,
+                "" if r.k not in maj.index else f"{100 * (r.accuracy_mean - maj[r.k]):+.1f}",
+                _pct(r.no_answer_share_mean),
+                _pct(r.accuracy_answered_mean),
+                f"{r.tokens_mean:.0f}",
+                "" if math.isnan(r.prompt_tokens_mean) else f"{r.prompt_tokens_mean:.0f}",
+            ]
+        )
+    head = [
+        "variant",
+        "set size m",
+        "accuracy (%), ± over evaluation seeds",
+        "± over training seeds",
+        "vs maj@m",
+        "no answer (% of calls)",
+        "accuracy among answered (%)",
+        "tokens (candidates + one completion)",
+        "prompt tokens (read)",
     ]
-    return _html_table([f"at k = m = {m}", "accuracy (%)", "vs maj@m", "tokens"], rows)
+    return _html_table(head, rows)
 
 
 def _online_table(summary: pd.DataFrame) -> str:
@@ -272,6 +418,15 @@ def _provenance(records: Sequence[Path]) -> str:
     return _html_table(["input", "source", "revision asked", "commit read", "note"], rows)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What the rule report_benchmark passes (``confagg.settings.for_rule``): the aggregator
+    variants' config entries (``evaluation.aggregators``: name, trained, confidence, and the
+    control ``confidences`` where set), which say which pairs to test."""
+
+    aggregators: tuple[dict, ...]
+
+
 class SeedFiles(NamedTuple):
     """One evaluation seed's files: its metrics, candidates and (optional) aggregator outputs."""
 
@@ -315,21 +470,26 @@ def build_report(
     training: Path | None = None,
     figures: Mapping[str, Path] | None = None,
     sources: Sequence[Path] = (),
+    settings: Settings | None = None,
 ) -> None:
     """One benchmark's report from its seeds, the curation summary (for the contamination it
     found) and the training curves (``training``: a PNG of :func:`training_curves`, embedded):
     ``out["html"]`` (the page), ``out["metrics"]`` (every number of it), ``out["summary"]`` (a
     markdown table) and each of ``figures`` (``{name in FIGURES: png path}``); ``sources``: the
-    records of the models and data it was computed from (revision and commit)."""
+    records of the models and data it was computed from (revision and commit); ``settings``:
+    the aggregator variants, for the paired tests between them (without: only each aggregator
+    against maj@k)."""
     unknown = sorted(set(figures or {}) - set(FIGURES))
     if unknown:
         raise ValueError(f"no figure named {unknown} (figures: {', '.join(FIGURES)})")
     results = [json.loads(Path(s.metrics).read_text()) for s in seeds]
     frames = [read_table(s.candidates, EVAL_CANDIDATES).to_pandas() for s in seeds]
+    # the optional columns the table's schema has (train_seed: the evaluation grid's)
+    columns = [*AGGREGATOR_COLUMNS, *(c for c in AGGREGATOR_OPTIONAL if c in AGG_OUTPUTS.names)]
     aggregators = [
         None
         if s.aggregators is None
-        else read_table(s.aggregators, AGG_OUTPUTS, list(AGGREGATOR_COLUMNS)).to_pandas()
+        else read_table(s.aggregators, AGG_OUTPUTS, columns).to_pandas()
         for s in seeds
     ]
     candidates = pd.concat(frames)
@@ -338,9 +498,10 @@ def build_report(
     pass1 = np.array([r["pass@1"] for r in results], dtype=float)
     pass1_stats = (float(pass1.mean()), float(pass1.std(ddof=1)) if len(pass1) > 1 else math.nan)
     k = _set_size(summary)
-    bins, by_difficulty = accuracy_by_difficulty(
-        list(zip(results, frames, aggregators, strict=True)), k
-    )
+    scored = list(zip(results, frames, aggregators, strict=True))
+    bins, by_difficulty = accuracy_by_difficulty(scored, k)
+    variants = settings.aggregators if settings is not None else ()
+    unc = uncertainty(scored, summary, variants)
     metrics = {
         "benchmark": benchmark,
         "seeds": [r["seed"] for r in results],
@@ -361,10 +522,11 @@ def build_report(
             "bins": json.loads(bins.to_json(orient="records")),
             "accuracy": json.loads(by_difficulty.to_json(orient="records")),
         },
+        "uncertainty": unc,
         "per_seed": results,
     }
     write_json(metrics, out["metrics"])
-    md = summary_markdown(benchmark, summary, pass1_stats, len(results))
+    md = summary_markdown(benchmark, summary, pass1_stats, len(results), unc)
     with atomic_path(out["summary"]) as tmp:
         tmp.write_text(md)
 
@@ -390,6 +552,11 @@ def build_report(
         methods=_method_table(summary),
         oracle=_method_table(summary, oracle=True),
         aggregators=_aggregator_table(summary),
+        uncertainty_note=html.escape(_uncertainty_note(unc)),
+        headline=_html_table(HEADLINE_HEAD, headline_table(unc["headline"]))
+        if unc["headline"]
+        else "<p>No aggregator variant was evaluated.</p>",
+        paired=_html_table(PAIRED_HEAD, paired_table(unc["paired"])),
         online=_online_table(summary),
         auroc=_auroc_table(results),
         calibration=_img("reliability", plots["reliability"]) + _img("roc", plots["roc"]),
@@ -415,9 +582,11 @@ def build_summary(metrics_files: Sequence[Path], out: Path, csv: Path | None = N
     aggregators' set size: each answer is drawn from m samples), or at the largest k when no
     aggregator was evaluated; the oracle pass@k apart. With ``csv``: every number of every
     benchmark (``SUMMARY_COLUMNS``, :func:`summary_rows`)."""
-    blocks, tables = [], []
+    blocks, tables, headlines = [], [], []
     for path in metrics_files:
         m = json.loads(Path(path).read_text())
+        unc = m.get("uncertainty") or {}
+        headlines += [[m["benchmark"], *row] for row in headline_table(unc.get("headline", []))]
         summary = pd.DataFrame(m["summary"])
         k = _set_size(summary)
         n = samples_n(m["per_seed"])
@@ -454,6 +623,14 @@ def build_summary(metrics_files: Sequence[Path], out: Path, csv: Path | None = N
         "|---|" + "---|" * len(blocks),
         *[row(lab) for lab in dict.fromkeys(oracle)],
     ]
+    if headlines:
+        lines += [
+            "",
+            "Headline: the smallest k at which voting reaches each aggregator, with 95%",
+            "bootstrap intervals over each benchmark's problems (how: reports/<benchmark>/).",
+            "",
+            *_markdown_rows(["benchmark", *HEADLINE_HEAD], headlines),
+        ]
     if csv is not None:
         with atomic_path(csv) as tmp:
             pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.10g")
@@ -529,6 +706,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help=f"PNGs to write, each named <figure>.png ({', '.join(FIGURES)})",
     )
+    b.add_argument(
+        "--settings", default=None, help="JSON, see the rule report_benchmark (the variants)"
+    )
     b.add_argument("--html", type=Path, required=True, help="report.html to write")
     b.add_argument("--metrics-out", type=Path, required=True, help="metrics.json to write")
     b.add_argument("--summary-out", type=Path, required=True, help="summary.md to write")
@@ -557,7 +737,17 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [
             SeedFiles(*files) for files in zip(args.metrics, args.candidates, aggs, strict=True)
         ]
-        build_report(args.name, seeds, outputs, args.curation, args.training, figures, args.sources)
+        settings = None if args.settings is None else load(Settings, args.settings)
+        build_report(
+            args.name,
+            seeds,
+            outputs,
+            args.curation,
+            args.training,
+            figures,
+            args.sources,
+            settings,
+        )
     elif args.cmd == "summary":
         build_summary(args.metrics, args.out, args.csv)
     elif args.cmd == "training":

@@ -15,7 +15,15 @@ only decides which class is right (a class is right when its first sample is). C
 * Tokens (``tokens_per_problem``): what a method reads, per problem, averaged like accuracy: the
   summed ``num_tokens`` of the set's samples (every voting method at ``k`` reads the same
   samples), ``k`` times the problem's mean sample length for pass@k, and for an aggregator the
-  set's samples plus the mean tokens of one aggregator call.
+  generated tokens of the set's samples plus the mean generated tokens of one aggregator call
+  (the mean over its ``r`` completions: one completion answers). Its prompt (the candidates'
+  texts again, cut to the part after the end of thinking, as input) is counted apart:
+  ``prompt_tokens_per_problem``.
+* An aggregator variant with several training runs (``train_seed``) gets every number as the
+  mean over its runs, each run's own in ``by_train_seed``; what it learned is said over its
+  calls: ``no_answer_share`` and ``accuracy_answered`` (where the table has ``answer``).
+* DeepConf-online comes in two definitions (:mod:`confagg.methods`): ``online<eta>``, the
+  paper's Algorithm 2, and ``online<eta>:released``, the released code's.
 * DeepConf-online (``online<eta>``, see :mod:`confagg.methods`) runs on the same k-sets, at
   every ``k`` above its warm-up size: tokens are what it actually generates
   (``tokens_per_problem``), and ``tokens_saved_per_problem`` what the full set would have cost

@@ -249,6 +249,11 @@ def _evaluate_seed(config: Mapping, **_) -> dict:
     }
 
 
+def _report_benchmark(config: Mapping, **_) -> dict:
+    # the variants' entries say which of them to compare (confagg.stats.variant_pairs)
+    return {"aggregators": list(config["evaluation"]["aggregators"])}
+
+
 RULES = {
     "prepare_problems": _prepare_problems,
     "check_problems": _check_problems,
@@ -260,6 +265,7 @@ RULES = {
     "train_aggregator": _train_aggregator,
     "aggregate_sets": _aggregate_sets,
     "evaluate_seed": _evaluate_seed,
+    "report_benchmark": _report_benchmark,
 }
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from confagg import stats
 from confagg.confidence import METRICS
-from confagg.scoring import evaluate_benchmark, method_info
+from confagg.scoring import evaluate_benchmark, method_info, per_problem
 
 # --- tables of the evaluation's results ------------------------------------------------
 
@@ -29,7 +30,7 @@ def flatten(result: dict) -> pd.DataFrame:
             **{f: info[f] for f in ("family", "metric", "eta", "label")},
             "k": int(k),
             "same_as": None,
-            **cell,
+            **{key: value for key, value in cell.items() if key != "by_train_seed"},
         }
         for name, info in _in_order(result)
         for k, cell in info["by_k"].items()
@@ -107,14 +108,54 @@ def lighteval_name(method: str, k: int | str, n: str) -> str:
     return f"{base}:{'&'.join(params)}"
 
 
+# cell keys only some methods have (DeepConf-online, the aggregators): NaN elsewhere
+_OPTIONAL_CELLS = (
+    "tokens_saved_per_problem",
+    "prompt_tokens_per_problem",
+    "no_answer_share",
+    "accuracy_answered",
+)
+
+
+def train_seed_spread(results: Sequence[dict]) -> pd.DataFrame:
+    """Per (method, k) of the aggregators with several training runs: ``n_train_seeds``,
+    ``train_accuracy_std`` (the sample standard deviation over training runs of each run's
+    accuracy averaged over the evaluation seeds) and ``train_seeds``."""
+    rows = [
+        {"method": name, "k": int(k), "train_seed": int(seed), "accuracy": run["accuracy"]}
+        for r in results
+        for name, info in r["methods"].items()
+        for k, cell in info["by_k"].items()
+        for seed, run in (cell.get("by_train_seed") or {}).items()
+    ]
+    columns = ["method", "k", "n_train_seeds", "train_accuracy_std", "train_seeds"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    runs = pd.DataFrame(rows).groupby(["method", "k", "train_seed"])["accuracy"].mean()
+    return (
+        runs.reset_index()
+        .groupby(["method", "k"], sort=False)
+        .agg(
+            n_train_seeds=("train_seed", "nunique"),
+            train_accuracy_std=("accuracy", "std"),
+            train_seeds=("train_seed", lambda s: " ".join(map(str, sorted(s)))),
+        )
+        .reset_index()[columns]
+    )
+
+
 def seed_summary(results: Sequence[dict]) -> pd.DataFrame:
-    """Mean and sample standard deviation (ddof 1; NaN with one seed) over seeds, per
-    (method, k): ``method, family, metric, eta, label, k, n, name, n_seeds, accuracy_mean,
-    accuracy_std, tokens_mean, tokens_std, saved_mean, same_as`` (``same_as`` where every seed
-    has the same one; ``name`` as lighteval writes it, ``n`` the samples per problem)."""
+    """Mean and sample standard deviation (ddof 1; NaN with one seed) over evaluation seeds,
+    per (method, k): ``method, family, metric, eta, label, k, n, name, n_seeds, accuracy_mean,
+    accuracy_std, tokens_mean, tokens_std, saved_mean, prompt_tokens_mean,
+    no_answer_share_mean, accuracy_answered_mean, same_as`` (``same_as`` where every seed has
+    the same one; ``name`` as lighteval writes it, ``n`` the samples per problem) and, for
+    aggregators with several training runs, ``n_train_seeds``, ``train_accuracy_std`` (over
+    training runs: :func:`train_seed_spread`), ``train_seeds``."""
     flat = pd.concat([flatten(r) for r in results], ignore_index=True)
-    if "tokens_saved_per_problem" not in flat:
-        flat["tokens_saved_per_problem"] = np.nan
+    for column in _OPTIONAL_CELLS:
+        if column not in flat:
+            flat[column] = np.nan
     stats = (
         flat.groupby(["method", "k"], sort=False)
         .agg(
@@ -124,9 +165,13 @@ def seed_summary(results: Sequence[dict]) -> pd.DataFrame:
             tokens_mean=("tokens_per_problem", "mean"),
             tokens_std=("tokens_per_problem", "std"),
             saved_mean=("tokens_saved_per_problem", "mean"),
+            prompt_tokens_mean=("prompt_tokens_per_problem", "mean"),
+            no_answer_share_mean=("no_answer_share", "mean"),
+            accuracy_answered_mean=("accuracy_answered", "mean"),
             same_as=("same_as", _common),
         )
         .reset_index()
+        .merge(train_seed_spread(results), on=["method", "k"], how="left")
     )
     info = flat.drop_duplicates("method")[["method", "family", "metric", "eta", "label"]]
     cols = ["method", "family", "metric", "eta", "label", "k"]
@@ -136,6 +181,139 @@ def seed_summary(results: Sequence[dict]) -> pd.DataFrame:
     merged.insert(len(cols), "n", n)
     merged.insert(len(cols) + 1, "name", names)
     return _report_order(merged)
+
+
+# --- uncertainty over problems: the headline and the paired tests -------------------------
+
+
+def seeds_per_problem(seeds: Sequence[tuple[dict, pd.DataFrame, pd.DataFrame | None]]):
+    """Each problem's accuracy and tokens per (method, k), averaged over the evaluation seeds
+    (each seed: its ``metrics.json`` result, candidates, aggregator outputs), scored as
+    ``confagg.evaluate`` scores them (:func:`confagg.scoring.per_problem`): ``method, k,
+    problem_id, accuracy, tokens``."""
+    frames = [
+        per_problem(
+            cands,
+            result["ks"],
+            result["seed"],
+            shuffle=result.get("shuffle", False),
+            aggregator=agg,
+        )
+        for result, cands, agg in seeds
+    ]
+    keys = ["method", "k", "problem_id"]
+    both = pd.concat(frames, ignore_index=True)
+    return both.groupby(keys, sort=False)[["accuracy", "tokens"]].mean().reset_index()
+
+
+def best_weighted_vote(summary: pd.DataFrame) -> str | None:
+    """The confidence-weighted vote with the highest mean accuracy over the evaluated k > 1
+    (at k = 1 every vote is the one sample); ties: the first in report order (METRICS)."""
+    weighted = summary[(summary["family"] == "weighted") & (summary["k"] > 1)]
+    if weighted.empty:
+        return None
+    means = weighted.groupby("method", sort=False)["accuracy_mean"].mean()
+    return str(means.idxmax())
+
+
+class _PerProblem:
+    """Per-problem vectors of (method, k), the problems in one order."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.problems = sorted(frame["problem_id"].unique())
+        self.wide = frame.pivot_table(
+            index="problem_id", columns=["method", "k"], values=["accuracy", "tokens"]
+        ).reindex(self.problems)
+
+    def has(self, method: str, k: int) -> bool:
+        return ("accuracy", method, k) in self.wide.columns
+
+    def ks(self, method: str) -> list[int]:
+        return sorted({k for q, m, k in self.wide.columns if m == method and q == "accuracy"})
+
+    def get(self, method: str, k: int, quantity: str = "accuracy") -> np.ndarray:
+        return self.wide[(quantity, method, k)].to_numpy(np.float64)
+
+
+def headline_rows(pp: _PerProblem, summary: pd.DataFrame) -> list[dict]:
+    """For each aggregator at each set size and each rival vote (maj@k and the best
+    confidence-weighted vote): :func:`confagg.stats.headline`, labelled."""
+    label = dict(zip(summary["method"], summary["label"], strict=False))
+    rivals = ["majority", best_weighted_vote(summary)]
+    rows = []
+    aggregators = summary.loc[summary["family"] == "aggregator", ["method", "k"]]
+    for name, k in aggregators.itertuples(index=False):
+        if not pp.has(name, k):
+            continue
+        for rival in filter(None, rivals):
+            vote = {j: (pp.get(rival, j), pp.get(rival, j, "tokens")) for j in pp.ks(rival)}
+            h = stats.headline(pp.get(name, k), pp.get(name, k, "tokens"), vote)
+            rows.append(
+                {
+                    "aggregator": name,
+                    "label": label.get(name, name),
+                    "set_size": int(k),
+                    "vote": rival,
+                    "vote_label": label.get(rival, rival),
+                    "max_k": max(vote),
+                    **h,
+                }
+            )
+    return rows
+
+
+def paired_rows(pp: _PerProblem, summary: pd.DataFrame, headline, variants) -> list[dict]:
+    """The paired comparisons on the same problems and sets (:func:`confagg.stats.paired_test`):
+    each aggregator against maj@k at its k and at the headline's k, and the variant pairs
+    (:func:`confagg.stats.variant_pairs`) at every k both ran."""
+    label = dict(zip(summary["method"], summary["label"], strict=False))
+    wanted = []
+    for h in headline:
+        if h["vote"] != "majority":
+            continue
+        name, k = h["aggregator"], h["set_size"]
+        wanted.append(("vs maj@k at the same k", name, k, "majority", k))
+        if h["k"] is not None and h["k"] != k:
+            wanted.append(("vs maj@k at the headline's k", name, k, "majority", h["k"]))
+    for what, a, b in stats.variant_pairs(variants):
+        for k in sorted(set(pp.ks(a)) & set(pp.ks(b))):
+            wanted.append((what, a, k, b, k))
+    rows = []
+    for what, a, ka, b, kb in wanted:
+        t = stats.paired_test(pp.get(a, ka), pp.get(b, kb))
+        rows.append(
+            {
+                "comparison": what,
+                "a": a,
+                "a_label": label.get(a, a),
+                "a_k": int(ka),
+                "b": b,
+                "b_label": label.get(b, b),
+                "b_k": int(kb),
+                **t,
+            }
+        )
+    return rows
+
+
+def uncertainty(
+    seeds: Sequence[tuple[dict, pd.DataFrame, pd.DataFrame | None]],
+    summary: pd.DataFrame,
+    variants: Sequence[dict] = (),
+) -> dict:
+    """The headline and the paired tests of one benchmark, with how they were computed (the
+    ``uncertainty`` section of its report's metrics.json)."""
+    pp = _PerProblem(seeds_per_problem(seeds))
+    headline = headline_rows(pp, summary)
+    return {
+        "n_problems": len(pp.problems),
+        "interval": f"{stats.LEVEL:.0%} percentile bootstrap over problems",
+        "test": "paired sign-flip permutation test over problems (two-sided)",
+        "resamples": stats.RESAMPLES,
+        "alpha": stats.ALPHA,
+        "headline": headline,
+        "paired": paired_rows(pp, summary, headline, variants),
+    }
 
 
 def read_jsonl(path: Path) -> list[dict]:

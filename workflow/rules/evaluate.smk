@@ -156,8 +156,11 @@ rule report_benchmark:
         # the seeds' candidates tables (a few columns a sample, read whole) and the plots
         mem_mb=lambda wc, input: 2000 + 20 * int(input.size_mb),
         runtime=lambda wc, input: 10 + int(input.size_mb),
+    params:
+        settings=stage_settings("report_benchmark"),
     shell:
         "python -m confagg.report benchmark --name {wildcards.benchmark:q}"
+        " --settings {params.settings:q}"
         " --metrics {input.metrics:q} --candidates {input.candidates:q}"
         " --aggregators {input.aggregators:q} --curation {input.curation:q}"
         " --sources {input.sources:q}"
