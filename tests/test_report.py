@@ -386,6 +386,8 @@ def test_report_gives_the_headline_paired_tests_and_training_seeds(tmp_path):
     assert "no answer (% of calls)" in html and "accuracy among answered (%)" in html
     md = (out / "summary.md").read_text()
     assert "### Headline" in md and "not reached" in md and "### Paired comparisons" in md
+    assert "| AggLM | 2 | 0.0 ± 0.0 | ± 0.0 over 2 training seeds |" in md
+    assert "| 50.0 | 0.0 | 45 | 40 |" in md  # no answer, among answered, tokens, prompt
     assert "| confidences shown vs not | Conf-AggLM (k=2) | AggLM (k=2) | +100.0" in md
 
     build_summary([out / "metrics.json"], tmp_path / "summary.md")

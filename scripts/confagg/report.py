@@ -225,6 +225,18 @@ def _markdown_rows(head: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _aggregators_markdown(summary: pd.DataFrame) -> list[str]:
+    head, rows = aggregator_table(summary)
+    if not rows:
+        return []
+    return [
+        "",
+        "### Aggregators: the spread over evaluation and over training seeds, what each learned",
+        "",
+        *_markdown_rows(head, rows),
+    ]
+
+
 def _uncertainty_markdown(unc: Mapping | None) -> list[str]:
     if not unc or not unc["headline"]:
         return []
@@ -262,6 +274,7 @@ def summary_markdown(
         "Oracle (picks with the gold answer; an upper bound, not a method):",
         "",
         *_markdown_table(*_table_rows(summary, oracle=True)),
+        *_aggregators_markdown(summary),
         *_uncertainty_markdown(unc),
     ]
     return "\n".join(lines) + "\n"
@@ -281,13 +294,11 @@ def _method_table(summary: pd.DataFrame, oracle: bool = False) -> str:
     return _html_table(head, [[lab, name, *c] for lab, name, c in rows])
 
 
-def _aggregator_table(summary: pd.DataFrame) -> str:
-    """The aggregator variants at each set size m, maj@m beside them, the spread over
-    training runs, and what they learned: the share of calls with no answer and the accuracy
-    among the answered."""
+def aggregator_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(head, rows): the aggregator variants at each set size m, maj@m beside them, the
+    spread over evaluation seeds and over training seeds, and what they learned: the share of
+    calls with no answer and the accuracy among the answered."""
     agg = summary[summary["family"] == "aggregator"]
-    if agg.empty:
-        return "<p>No aggregator variant was evaluated.</p>"
     maj = summary[summary["family"] == "majority"].set_index("k")["accuracy_mean"]
     rows = []
     for r in agg.sort_values("k", kind="stable").itertuples():
@@ -301,7 +312,7 @@ def _aggregator_table(summary: pd.DataFrame) -> str:
         rows.append(
             [
                 r.label,
-                r.k,
+                str(r.k),
                 _fmt(r.accuracy_mean, r.accuracy_std),
                 train,
                 "" if r.k not in maj.index else f"{100 * (r.accuracy_mean - maj[r.k]):+.1f}",
@@ -322,7 +333,12 @@ def _aggregator_table(summary: pd.DataFrame) -> str:
         "tokens (candidates + one completion)",
         "prompt tokens (read)",
     ]
-    return _html_table(head, rows)
+    return head, rows
+
+
+def _aggregator_table(summary: pd.DataFrame) -> str:
+    head, rows = aggregator_table(summary)
+    return _html_table(head, rows) if rows else "<p>No aggregator variant was evaluated.</p>"
 
 
 def _online_table(summary: pd.DataFrame) -> str:
