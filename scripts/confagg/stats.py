@@ -26,6 +26,7 @@ every interval resamples problems:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 
@@ -37,13 +38,17 @@ ALPHA = 0.05
 TOLERANCE = 1e-9
 
 
+@functools.lru_cache(maxsize=4)  # one benchmark's many quantities share the draws
 def resample_weights(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """``(resamples, n)``: how often each of ``n`` problems is drawn in each bootstrap resample
-    (divided by ``n``: a row times a per-problem vector is that resample's mean)."""
+    (divided by ``n``: a row times a per-problem vector is that resample's mean). Read-only."""
     if n < 1:
         raise ValueError("the bootstrap needs at least one problem")
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples) / n
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    draws += np.arange(resamples)[:, None] * n  # row r counts into r * n .. r * n + n - 1
+    weights = np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n) / n
+    weights.flags.writeable = False
+    return weights
 
 
 def _bounds(replicates: np.ndarray, level: float) -> tuple[float, float]:
