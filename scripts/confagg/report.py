@@ -572,7 +572,9 @@ def build_report(
         headline=_html_table(HEADLINE_HEAD, headline_table(unc["headline"]))
         if unc["headline"]
         else "<p>No aggregator variant was evaluated.</p>",
-        paired=_html_table(PAIRED_HEAD, paired_table(unc["paired"])),
+        paired=_html_table(PAIRED_HEAD, paired_table(unc["paired"]))
+        if unc["paired"]
+        else "<p>No pair to compare.</p>",
         online=_online_table(summary),
         auroc=_auroc_table(results),
         calibration=_img("reliability", plots["reliability"]) + _img("roc", plots["roc"]),
