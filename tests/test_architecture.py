@@ -32,6 +32,7 @@ CORE = {
 SHARED = {
     "candidates",
     "config",
+    "costs",
     "engine",
     "files",
     "fingerprints",

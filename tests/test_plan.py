@@ -6,7 +6,7 @@ model and adapter (confagg.memory)."""
 from __future__ import annotations
 
 import copy
-
+import json
 
 import pytest
 import yaml
@@ -216,3 +216,40 @@ def test_known_shapes_match_their_published_sizes():
     assert memory.KNOWN_MODELS["smollm2-135m-instruct"].params == pytest.approx(134.5e6, rel=0.01)
     # Qwen3-1.7B: 28 layers x 8 kv heads x 128 x 2 (k, v) x 2 bytes = 112 KiB a token
     assert memory.KNOWN_MODELS["Qwen/Qwen3-1.7B"].kv_bytes_per_token() == 112 * 1024
+
+
+def test_cost_section_from_benchmark_files_and_outputs(tmp_path):
+    """GPU-hours = wall x the GPUs the rule holds, CPU-hours = the processes' CPU time, the
+    last attempt of a job only; rollout tokens from the training log; the plan beside."""
+    from confagg import costs
+
+    config = hand_made()
+    logs, run = tmp_path / "logs/hand", tmp_path / "results/hand"
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, rows in {
+        "sample_shard/train_pool/seed1/shard0": ["1800\t0:30:00\t5000\t0\t0\t0\t0\t0\t90\t900"],
+        "sample_shard/train_pool/seed1/shard1": ["60\t\t1\t0\t0\t0\t0\t0\t0\t1",
+                                                 "1800\t\t7000\t0\t0\t0\t0\t0\t0\t900"],
+        "score_shard/mini/seed0/shard0": ["36\t\t100\t0\t0\t0\t0\t0\t0\t30"],
+        "train_aggregator/plain": ["3600\t1:00:00\t60000\t0\t0\t0\t0\t0\t0\t7200"],
+    }.items():  # fmt: skip
+        path = logs / f"{rel}.benchmark.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(head + "\n".join(rows) + "\n")
+    log = run / "train/plain/log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "\n".join(
+            json.dumps({"step": i, "split": "train", "completion_length": 10.0}) for i in (1, 2)
+        )
+    )
+    spent = costs.from_benchmarks(logs, config)
+    pool = spent["sample_shard (train_pool)"]
+    assert (pool.jobs, pool.wall_s, pool.gpu_s, pool.cpu_s) == (2, 3600, 3600, 1800)
+    assert pool.max_rss_mb == 7000
+    assert spent["score_shard (benchmarks)"].gpu_s == 0
+    assert spent["train_aggregator"].gpu_s == 2 * 3600  # training.gpus 2
+    text = costs.section(run, logs, config)
+    assert "| sample_shard (train_pool) | 2 | 1.00 | 1.00 | 0.50 | 7.0 GB | - | 200 k |" in text
+    # 2 logged steps x 10 tokens x 8 completions a step; the plan: 2 variants x 24 x 50
+    assert "| train_aggregator | 1 | 1.00 | 2.00 | 2.00 | 60.0 GB | 160 | 2.4 k |" in text

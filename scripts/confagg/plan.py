@@ -39,6 +39,15 @@ def _merge(base: dict, over: Mapping) -> dict:
     return base
 
 
+def profile_file(name: str) -> Path:
+    """A profile's config.yaml: a folder, or a name where Snakemake looks one up (the user's
+    ``~/.config/snakemake/<name>``, as ``setup.sh`` links ``slurm``)."""
+    for folder in (Path(name), Path.home() / ".config" / "snakemake" / name):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    raise SystemExit(f"--profile {name}: no config.yaml there nor in ~/.config/snakemake/{name}")
+
+
 def load_config(configfiles: list[str], profile: Mapping, replace: bool) -> dict:
     """The config Snakemake builds: config/config.yaml (the Snakefile's) with every config file
     merged over it, or the config files alone with --replace-workflow-config; validated."""
@@ -211,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     profile = {}
     if args.profile:
-        profile = yaml.safe_load((Path(args.profile) / "config.yaml").read_text()) or {}
+        profile = yaml.safe_load(profile_file(args.profile).read_text()) or {}
     root = Path(args.root)
     try:
         config = load_config(args.configfile, profile, args.replace_workflow_config)
