@@ -93,6 +93,9 @@ ALLOCATOR_OVERHEAD = 0.10
 ACT_HIDDEN_UNITS, ACT_INTERMEDIATE_UNITS = 10, 4
 # vLLM's own activations and CUDA graphs inside its share (estimate, on GPU).
 ENGINE_WORKSPACE_BYTES = 2.0 * GB
+# A CPU process's libraries before any tensor: Python, torch, vLLM, transformers, TRL, PEFT
+# imported (estimate; on GPU this is host memory, outside the GPU's).
+CPU_RUNTIME_BYTES = 1.0 * GB
 
 
 @dataclass(frozen=True)
@@ -134,15 +137,23 @@ def training_terms(model: ModelShape, t: TrainingShape) -> dict[str, float]:
     else:
         logits = completion * model.vocab * (t.dtype_bytes + 4 + 4)
     lora = model.lora_params(t.lora_r, t.lora_modules)
-    return {
-        "policy weights (exact)": model.params * t.dtype_bytes,
+    weights = model.params * t.dtype_bytes
+    terms = {
+        "policy weights (exact)": weights,
         # PEFT keeps the adapter in float32: weights, gradients, Adam's two moments
         "LoRA + gradients + Adam (exact)": lora * 16,
         "activations (estimate)": activations,
         "logits (estimate)": logits,
+        # on GPU the engine's share holds its weights and KV cache; on CPU it is the KV cache
+        # alone (kv_cache_memory_bytes), beside its own copy of the weights
         "colocated vLLM share": t.engine_bytes,
-        "CUDA context (estimate)": CUDA_CONTEXT_BYTES if t.cuda else 0,
     }
+    if t.cuda:
+        terms["CUDA context (estimate)"] = CUDA_CONTEXT_BYTES
+    else:
+        terms["vLLM's copy of the weights (exact)"] = weights if t.engine_bytes else 0
+        terms["libraries (estimate)"] = CPU_RUNTIME_BYTES
+    return terms
 
 
 def peak_bytes(terms: Mapping[str, float], sleep_mode: bool) -> float:
@@ -150,7 +161,9 @@ def peak_bytes(terms: Mapping[str, float], sleep_mode: bool) -> float:
     (weights, adapter and engine) and update time (weights, adapter, activations, logits);
     the allocator's fragments on top of the dynamic part."""
     static = terms["policy weights (exact)"] + terms["LoRA + gradients + Adam (exact)"]
-    static += terms["CUDA context (estimate)"]
+    static += terms.get("CUDA context (estimate)", 0)
+    static += terms.get("vLLM's copy of the weights (exact)", 0)
+    static += terms.get("libraries (estimate)", 0)
     dynamic = terms["activations (estimate)"] + terms["logits (estimate)"]
     engine = terms["colocated vLLM share"]
     dynamic *= 1 + ALLOCATOR_OVERHEAD
