@@ -131,6 +131,11 @@ def training_terms(model: ModelShape, t: TrainingShape) -> dict[str, float]:
         activations = tokens * (model.layers * model.hidden * t.dtype_bytes + per_layer_token)
     else:
         activations = tokens * model.layers * per_layer_token
+    # CPU: SDPA's math path keeps each layer's attention probabilities for the backward pass
+    # (a batch x heads x seq x seq float tensor); GPU kernels (flash, memory-efficient) do not
+    seq = t.prompt_tokens + t.completion_tokens
+    scores = 0 if t.cuda else t.micro_batch * model.heads * seq * seq * t.dtype_bytes
+    scores *= 1 if t.gradient_checkpointing else model.layers
     if t.fused_lm_head:
         # a (tokens, 4096-vocab) tile and its float32 softmax state, per chunk: small
         logits = min(completion, 4096) * min(model.vocab, 4096) * 4 * 2
@@ -144,6 +149,7 @@ def training_terms(model: ModelShape, t: TrainingShape) -> dict[str, float]:
         "LoRA + gradients + Adam (exact)": lora * 16,
         "activations (estimate)": activations,
         "logits (estimate)": logits,
+        "attention scores (estimate)": scores,
         # on GPU the engine's share holds its weights and KV cache; on CPU it is the KV cache
         # alone (kv_cache_memory_bytes), beside its own copy of the weights
         "colocated vLLM share": t.engine_bytes,
@@ -165,6 +171,7 @@ def peak_bytes(terms: Mapping[str, float], sleep_mode: bool) -> float:
     static += terms.get("vLLM's copy of the weights (exact)", 0)
     static += terms.get("libraries (estimate)", 0)
     dynamic = terms["activations (estimate)"] + terms["logits (estimate)"]
+    dynamic += terms["attention scores (estimate)"]
     engine = terms["colocated vLLM share"]
     dynamic *= 1 + ALLOCATOR_OVERHEAD
     if sleep_mode:
