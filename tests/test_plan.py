@@ -253,3 +253,23 @@ def test_cost_section_from_benchmark_files_and_outputs(tmp_path):
     assert "| sample_shard (train_pool) | 2 | 1.00 | 1.00 | 0.50 | 7.0 GB | - | 200 k |" in text
     # 2 logged steps x 10 tokens x 8 completions a step; the plan: 2 variants x 24 x 50
     assert "| train_aggregator | 1 | 1.00 | 2.00 | 2.00 | 60.0 GB | 160 | 2.4 k |" in text
+
+
+def test_plan_job_counts_match_snakemakes_dry_run(workdir):
+    """The plan counts jobs as the rule files make them: the same numbers as Snakemake's DAG of
+    config/small.yaml."""
+    import re
+
+    proc = snakemake(
+        "-n", "--quiet", "rules", "--configfile", str(REPO / "config/small.yaml"),
+        "--replace-workflow-config", cwd=workdir,
+    )  # fmt: skip
+    stats = proc.stdout[proc.stdout.rindex("Job stats:") :]
+    dag = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+    config = yaml.safe_load((REPO / "config/small.yaml").read_text())
+    cfg.validate(config, SCHEMA)
+    counts: dict[str, int] = {}
+    for row in budget.plan(config, budget.Inputs(problems=cfg.problem_counts(config, workdir))):
+        rule = row.rule.split(" ")[0]
+        counts[rule] = counts.get(rule, 0) + row.jobs_total
+    assert counts == {rule: dag[rule] for rule in counts}
