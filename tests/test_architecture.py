@@ -19,8 +19,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scripts" / "confagg"
 CORE = {
     "answers",
     "aggregator_prompt",
+    "budget",
     "confidence",
     "grouping",
+    "memory",
     "methods",
     "prompts",
     "scoring",
@@ -31,6 +33,7 @@ CORE = {
 SHARED = {
     "candidates",
     "config",
+    "costs",
     "engine",
     "files",
     "fingerprints",

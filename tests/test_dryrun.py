@@ -35,9 +35,9 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "HEAVY []" in proc.stdout
     counts = _job_counts(proc.stdout)
-    # 64 training-pool shards + 4 benchmarks x 3 seeds x 2 shards
-    assert counts["sample_shard"] == 64 + 4 * 3 * 2
-    assert counts["score_shard"] == 64 + 4 * 3 * 2
+    # 256 training-pool shards + 4 benchmarks x 3 seeds x 2 shards
+    assert counts["sample_shard"] == 256 + 4 * 3 * 2
+    assert counts["score_shard"] == 256 + 4 * 3 * 2
     assert counts["prepare_problems"] == 5
     assert counts["check_problems"] == 5  # prompt lengths, one per data set, before sampling
     assert counts["download_model"] == 1
@@ -52,7 +52,7 @@ def test_full_scale_dry_run_with_slurm_profile(workdir):
     proc = snakemake(
         "-n", "--quiet", "rules", "--profile", str(REPO / "profiles/slurm"), cwd=workdir
     )
-    assert _job_counts(proc.stdout)["sample_shard"] == 88
+    assert _job_counts(proc.stdout)["sample_shard"] == 256 + 24
 
 
 def _jobs(stdout: str) -> list[tuple[str, str]]:

@@ -47,7 +47,7 @@ def test_a_bare_profile_name_finds_the_slurm_profile_after_the_link_step(workdir
     assert link.resolve() == (REPO / "profiles/slurm").resolve()
     assert "snakemake --profile slurm" in first.stdout
     # the full-scale config's jobs, submitted through the profile (64 pool + 4 x 3 x 2 shards)
-    assert _dry_run("slurm", home, workdir)["sample_shard"] == 88
+    assert _dry_run("slurm", home, workdir)["sample_shard"] == 256 + 24
 
     # again: nothing new, the same name
     again = _link(home)
@@ -66,7 +66,7 @@ def test_a_slurm_profile_already_there_is_left_alone(workdir):
     assert not theirs.is_symlink()
     assert [p.name for p in theirs.iterdir()] == ["config.yaml"]
     assert (theirs / "config.yaml").read_text() == "executor: slurm\njobs: 7\n"
-    assert _dry_run("confagg-slurm", home, workdir)["sample_shard"] == 88
+    assert _dry_run("confagg-slurm", home, workdir)["sample_shard"] == 256 + 24
     assert "already links" in _link(home).stdout
 
 

@@ -200,6 +200,28 @@ def test_whole_workflow_to_the_report(tiny_run):
 @pytest.mark.skipif(
     not REAL_BENCHMARK.is_file(), reason=f"needs the shared benchmark file {REAL_BENCHMARK}"
 )
+def test_summary_states_what_the_run_cost(tiny_run):
+    """The run's summary ends with its cost per stage: the jobs' benchmark files (CPU time) and
+    the generated tokens of their outputs, beside the plan (confagg.costs)."""
+    _, out = tiny_run
+    text = (out / "summary.md").read_text()
+    assert "## What this run cost" in text
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in text[text.index("## What this run cost") :].splitlines()
+        if line.startswith("| ") and not line.startswith("| stage")
+    }
+    tokens = sum(
+        sum(read_table(p, SAMPLES, columns=["num_tokens"]).column("num_tokens").to_pylist())
+        for p in (out / "samples/train_pool").glob("seed*/shard*.parquet")
+    )
+    pool = rows["sample_shard (train_pool)"]
+    assert pool[1] == "2"  # both shards' benchmark files
+    assert pool[4] != "-" and pool[6] == str(tokens)  # CPU time measured; tokens counted
+    for stage in ("score_shard (train_pool)", "grade_shard (benchmarks)", "train_aggregator"):
+        assert stage in rows and rows[stage][4] != "-"
+
+
 def test_report_for_a_real_benchmark(tiny_run):
     """AIME 2024 from ../shared/data read from a local JSONL, sampled, graded, aggregated and
     reported beside the generated benchmark, in the same run."""

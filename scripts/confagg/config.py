@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -387,3 +388,147 @@ def check_consistency(config: Mapping) -> None:
             )
     if problems:
         raise ConfigError("inconsistent configuration:\n  " + "\n  ".join(problems))
+
+
+# --- the bill, checked at start (confagg.budget, confagg.memory; the table: confagg.plan) ---
+
+
+def problem_counts(config: Mapping, root: str | Path = ".") -> dict[str, int | None]:
+    """Problems per data set: the prepared problem file's lines where the run has one, else
+    what the config says (``plan.problems``, a demo source's n, a known hub split's size),
+    capped by ``limit``; None where unknown."""
+    from confagg import budget
+
+    sections = {"train_pool": config["training_pool"], **config["benchmarks"]}
+    counts = {}
+    for name, section in sections.items():
+        path = Path(root) / "results" / config["run_name"] / "data" / f"{name}.jsonl"
+        counted = None
+        if path.is_file():
+            with path.open("rb") as f:
+                counted = sum(1 for line in f if line.strip())
+        counts[name] = budget.problems_of(section, counted, config["plan"]["problems"].get(name))
+    return counts
+
+
+def model_shape(config: Mapping, role: str, root: str | Path = "."):
+    """The ``confagg.memory.ModelShape`` of a role's model: a known model's, else its folder's
+    config.json (a local folder, or a hub model already downloaded); None where unknown."""
+    import json
+
+    from confagg import memory
+
+    spec = config[role]["model"]
+    if spec in memory.KNOWN_MODELS:
+        return memory.KNOWN_MODELS[spec]
+    folder = Path(spec) if model_kind(spec) == "local" else None
+    if model_kind(spec) == "hub":
+        folder = Path(root) / "resources" / "models" / hub_slug(spec, config[role]["revision"])
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    return memory.ModelShape.from_hf_config(json.loads((folder / "config.json").read_text()))
+
+
+def training_memory(config: Mapping, root: str | Path = "."):
+    """(bytes per term, peak bytes, shape) of one training process, or None when the
+    aggregator's model shape is unknown (confagg.memory: which terms are estimates)."""
+    from confagg import memory
+
+    shape = model_shape(config, "aggregator", root)
+    if shape is None:
+        return None
+    t = config["training"]
+    cuda = int(t["gpus"]) > 0
+    vllm = t["vllm"]
+    engine = vllm["gpu_memory_utilization"] * config["plan"]["gpu_memory_gb"] * memory.GB
+    if not cuda:
+        engine = vllm["kv_cache_memory_bytes"] or 0  # the CPU build's KV cache (RAM)
+    sleep = bool(vllm["enable_sleep_mode"]) and cuda
+    setup = memory.TrainingShape(
+        micro_batch=t["per_device_train_batch_size"],
+        prompt_tokens=config["aggregator"]["prompt"]["max_prompt_tokens"] or 0,
+        completion_tokens=t["max_completion_length"],
+        dtype_bytes=2 if (t["bf16"] if t["bf16"] is not None else cuda) else 4,
+        lora_r=t["lora"]["r"],
+        lora_modules=tuple(t["lora"]["target_modules"]),
+        gradient_checkpointing=bool(t["gradient_checkpointing"]),
+        engine_bytes=engine if vllm["enabled"] else 0,
+        sleep_mode=sleep,
+        cuda=cuda,
+    )
+    terms = memory.training_terms(shape, setup)
+    return terms, memory.peak_bytes(terms, sleep), shape
+
+
+def check_budget(
+    config: Mapping, runtimes_h: Mapping[str, float], attempts: int = 1, root: str | Path = "."
+) -> None:
+    """The checks that need the bill (run at start, after ``check_consistency``): a job whose
+    expected work cannot fit its rule's runtime, and a GPU training set-up whose per-GPU memory
+    estimate exceeds ``plan.gpu_memory_gb``. Raise ConfigError naming the keys, the numbers and
+    the ways out.
+
+    ``attempts``: how many runtimes a job that resumes (sample parts, training checkpoints) may
+    span. The workflow passes 1: Snakemake 9 reads ``retries`` only after the Snakefile, so the
+    expected work must fit one runtime and the retries stay a margin for a slow or preempted
+    node and for the estimate's own error."""
+    from confagg import budget, memory
+
+    problems = []
+    inputs = budget.Inputs(
+        problems=problem_counts(config, root), runtimes_h=runtimes_h, attempts=attempts
+    )
+    rows = budget.plan(config, inputs)
+    rate = config["plan"]["generation_tokens_per_s"]
+    for row in budget.over_runtime(rows, attempts):
+        tries = attempts if row.rule.split(" ")[0] in budget.RESUMABLE else 1
+        allowed = row.runtime_h * tries
+        if row.rule.startswith("sample_shard"):
+            pool = row.rule == f"sample_shard ({budget.POOL})"
+            shards_key = "training_pool.shards" if pool else "evaluation.shards"
+            shards = config["training_pool" if pool else "evaluation"]["shards"]
+            need = math.ceil(shards * row.hours_per_job / allowed)
+            way = (
+                f"set {shards_key} to {need} or more (now {shards}), a longer runtime "
+                f"(set-resources: sample_shard: runtime), a smaller sampling.max_tokens "
+                f"({config['sampling']['max_tokens']}), or plan.generation_tokens_per_s if "
+                f"your GPUs measured faster"
+            )
+        elif row.rule == "train_aggregator":
+            way = (
+                f"fewer training.max_steps ({config['training']['max_steps']}), more "
+                f"training.gpus ({config['training']['gpus']}), a longer runtime "
+                f"(set-resources: train_aggregator: runtime), or plan.training_tokens_per_s / "
+                f"plan.generation_tokens_per_s if measured faster"
+            )
+        else:
+            way = (
+                f"a longer runtime (set-resources: {row.rule.split(' ')[0]}: runtime) or "
+                f"fewer evaluation.aggregators / evaluation.aggregator_sampling.max_tokens"
+            )
+        problems.append(
+            f"{row.rule}: its largest job expects {row.hours_per_job:.1f} h of work (plan."
+            f"expected_length {config['plan']['expected_length']} of the length limit, at "
+            f"plan.generation_tokens_per_s {rate:g}) but may run {row.runtime_h:g} h x "
+            f"{tries} attempt(s) = {allowed:g} h; {way}"
+        )
+
+    t = config["training"]
+    estimate = training_memory(config, root) if int(t["gpus"]) > 0 else None
+    limit = config["plan"]["gpu_memory_gb"]
+    if estimate is not None and estimate[1] / memory.GB > limit:
+        terms, peak, _ = estimate
+        listing = ", ".join(f"{k} {v / memory.GB:.1f}" for k, v in terms.items())
+        problems.append(
+            f"training: one GPU process needs about {peak / memory.GB:.1f} GB > "
+            f"plan.gpu_memory_gb {limit:g} ({listing}; GB). Ways out: a smaller "
+            f"training.per_device_train_batch_size ({t['per_device_train_batch_size']}; raise "
+            f"gradient_accumulation_steps to keep the batch), training.vllm.enable_sleep_mode "
+            f"true (now {t['vllm']['enable_sleep_mode']}), a smaller "
+            f"training.vllm.gpu_memory_utilization ({t['vllm']['gpu_memory_utilization']}), a "
+            f"shorter training.max_completion_length ({t['max_completion_length']}) or "
+            f"aggregator.prompt.max_prompt_tokens, training.gradient_checkpointing true "
+            f"(now {t['gradient_checkpointing']}); or plan.gpu_memory_gb if your GPUs have more"
+        )
+    if problems:
+        raise ConfigError("the run does not fit:\n  " + "\n  ".join(problems))

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from confagg import costs
 from confagg.confidence import METRICS
 from confagg.figures import benchmark_plots, calibration_plots, difficulty_plot, training_curves
 from confagg.files import atomic_path, write_json
@@ -595,7 +596,9 @@ def build_report(
         tmp.write_text(page)
 
 
-def build_summary(metrics_files: Sequence[Path], out: Path, csv: Path | None = None) -> None:
+def build_summary(
+    metrics_files: Sequence[Path], out: Path, csv: Path | None = None, costs: str = ""
+) -> None:
     """One table across benchmarks: pass@1 and every method at equal cost, k = m (the
     aggregators' set size: each answer is drawn from m samples), or at the largest k when no
     aggregator was evaluated; the oracle pass@k apart. With ``csv``: every number of every
@@ -649,6 +652,8 @@ def build_summary(metrics_files: Sequence[Path], out: Path, csv: Path | None = N
             "",
             *_markdown_rows(["benchmark", *HEADLINE_HEAD], headlines),
         ]
+    if costs:  # what the run cost (confagg.costs)
+        lines += ["", costs]
     if csv is not None:
         with atomic_path(csv) as tmp:
             pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.10g")
@@ -734,6 +739,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("metrics", nargs="+", type=Path)
     t.add_argument("--out", type=Path, required=True, help="summary.md to write")
     t.add_argument("--csv", type=Path, default=None, help="summary.csv to write")
+    t.add_argument(
+        "--costs",
+        nargs=3,
+        metavar=("RUN", "LOGS", "CONFIG"),
+        help="add what the run cost: results/<run>, logs/<run>, the validated config (JSON)",
+    )
     c = sub.add_parser("training", help="the GRPO training curves")
     c.add_argument("logs", nargs="+", type=Path, help="train/<variant>/log.jsonl of each run")
     c.add_argument("--out", type=Path, required=True, help="PNG to write")
@@ -767,7 +778,11 @@ def main(argv: list[str] | None = None) -> None:
             settings,
         )
     elif args.cmd == "summary":
-        build_summary(args.metrics, args.out, args.csv)
+        spent = ""
+        if args.costs:
+            run, logs, config = args.costs
+            spent = costs.section(Path(run), Path(logs), json.loads(config))
+        build_summary(args.metrics, args.out, args.csv, spent)
     elif args.cmd == "training":
         with atomic_path(args.out) as tmp:
             tmp.write_bytes(base64.b64decode(training_curves(args.logs)))

@@ -15,6 +15,8 @@ rule curate_sets:
         summary=f"{OUT}/curated/summary.json",
     log:
         f"{LOGS}/curate_sets/curate_sets.log",
+    benchmark:
+        f"{LOGS}/curate_sets/curate_sets.benchmark.tsv"
     conda:
         "../../envs/cpu.yaml"
     threads: 1

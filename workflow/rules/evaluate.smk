@@ -51,6 +51,8 @@ rule evaluate_seed:
         candidates=f"{OUT}/eval/{{benchmark}}/seed{{seed}}/candidates.parquet",
     log:
         f"{LOGS}/evaluate_seed/{{benchmark}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/evaluate_seed/{{benchmark}}/seed{{seed}}.benchmark.tsv"
     localrule: True
     conda:
         "../../envs/cpu.yaml"
@@ -185,9 +187,14 @@ rule report_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        # what the run cost: its jobs' benchmark files and outputs (confagg.costs)
+        run=lambda wc, output: os.path.dirname(output.md),
+        logs=LOGS,
+        config=lambda wc: rule_settings.to_json(config),
     shell:
         "python -m confagg.report summary {input:q} --out {output.md:q} --csv {output.csv:q}"
-        " > {log:q} 2>&1"
+        " --costs {params.run:q} {params.logs:q} {params.config:q} > {log:q} 2>&1"
 
 
 for _name in BENCHMARKS:

@@ -11,6 +11,8 @@ rule score_shard:
         f"{OUT}/scores/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
     log:
         f"{LOGS}/score_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
+    benchmark:
+        f"{LOGS}/score_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.benchmark.tsv"
     conda:
         "../../envs/cpu.yaml"
     threads: 1
@@ -35,6 +37,8 @@ rule grade_shard:
         f"{OUT}/grades/{{dataset}}/seed{{seed}}/shard{{shard}}.parquet",
     log:
         f"{LOGS}/grade_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.log",
+    benchmark:
+        f"{LOGS}/grade_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.benchmark.tsv"
     conda:
         "../../envs/cpu.yaml"
     threads: config["grading"]["processes"]

@@ -55,6 +55,8 @@ rule merge_adapter:
         directory(f"{OUT}/train/{{variant}}/merged"),
     log:
         f"{LOGS}/merge_adapter/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/merge_adapter/{{variant}}.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 4
