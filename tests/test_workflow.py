@@ -82,7 +82,9 @@ def tiny_config(model, **overrides) -> dict:
         # 3 samples per problem: one disjoint set of 2 (sets x size <= samples, checked at start)
         "curation": {"sets_per_problem": 1, "set_size": 2},
         "grading": {"processes": 1},
-        "aggregator": {"prompt": {"max_prompt_tokens": 480}},
+        # a set of 4 (the largest set size) with its confidence headers is ~500 tokens to the
+        # tiny tokenizer before any candidate text: the whole context minus the 16 output tokens
+        "aggregator": {"prompt": {"max_prompt_tokens": 1024 - 16}},
         "training": {
             "seeds": [0, 1],  # two GRPO runs per variant, both evaluated and reported
             "gpus": 0,
@@ -109,11 +111,8 @@ def tiny_run(tmp_path_factory, tiny_model):
     workdir = tmp_path_factory.mktemp("tiny-run")
     shutil.copytree(REPO / "config", workdir / "config")
     cfg = tiny_config(tiny_model)
-    if REAL_BENCHMARK.is_file():
+    if REAL_BENCHMARK.is_file():  # (a real problem is ~700 tokens to the tiny tokenizer)
         cfg["benchmarks"]["aime24"] = {"source": {"path": str(REAL_BENCHMARK)}, "limit": 2}
-        # a real problem is ~700 tokens to the tiny tokenizer: the whole context minus the
-        # aggregator's 16 output tokens
-        cfg["aggregator"]["prompt"]["max_prompt_tokens"] = 1024 - 16
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     snakemake("--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", cwd=workdir)
     return workdir, workdir / "results/tiny"
