@@ -250,15 +250,17 @@ def run_inline(stage: str, work: Path) -> None:
         from confagg import aggregate
         from confagg.candidates import CandidateTexts
 
-        set_size = _default_config()["evaluation"]["set_size"]
+        evaluation = _default_config()["evaluation"]
+        sizes = evaluation["set_sizes"]
         df = _candidates(work)
         texts = CandidateTexts([work / "samples.parquet"], "</think>")
         sets = chars = 0
-        for positions in aggregate.problem_batches(df):
-            for _, _, cands in aggregate.candidate_sets(df, positions, texts, set_size):
+        per_batch = aggregate.batch_candidates(sizes, evaluation["outputs_per_set"])
+        for positions in aggregate.problem_batches(df, per_batch):
+            for *_, cands in aggregate.candidate_sets(df, positions, texts, sizes):
                 sets += 1
                 chars += sum(len(c["text"]) for c in cands)
-        print(f"built {sets} sets of {set_size}, {chars} candidate characters", file=sys.stderr)
+        print(f"built {sets} sets of {sizes}, {chars} candidate characters", file=sys.stderr)
     else:
         raise SystemExit(f"unknown stage {stage!r}")
 

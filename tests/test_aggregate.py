@@ -49,17 +49,111 @@ def test_sets_in_batches_are_the_sets_of_the_whole_benchmark(tmp_path, batch, ba
         pids = df["problem_id"].to_numpy()[positions]
         later = df["problem_id"].to_numpy()[positions[-1] + 1 :]
         assert not set(pids) & set(later)
-    got = [s for positions in parts for s in a.candidate_sets(df, positions, texts, 3)]
-    want = _whole_sets(samples, df, 3)
-    assert [(p, j) for p, j, _ in got] == [(p, j) for p, j, _ in want]
-    assert len(got) == 12 * 2  # 8 samples -> 2 sets of 3 per problem, 2 left over
-    for (_, _, cands), (_, _, expected) in zip(got, want, strict=True):
+    got = [s for positions in parts for s in a.candidate_sets(df, positions, texts, [3, 2])]
+    # per problem: its sets of 3, then its sets of 2
+    want = [
+        (p, m, j, c)
+        for pid in dict.fromkeys(df["problem_id"])
+        for m in (3, 2)
+        for p, j, c in _whole_sets(samples, df, m)
+        if p == pid
+    ]
+    assert [(p, m, j) for p, m, j, _ in got] == [(p, m, j) for p, m, j, _ in want]
+    assert len(got) == 12 * (2 + 4)  # 8 samples -> 2 sets of 3 (2 left over) and 4 of 2
+    for (_, _, _, cands), (_, _, _, expected) in zip(got, want, strict=True):
         assert [c["text"] for c in cands] == [c["text"] for c in expected]
         assert [c["answer"] for c in cands] == [c["answer"] for c in expected]
         assert all(set(c) == {"text", "answer", "mean", "bottom_10_percent", "lowest_group",
                               "tail"} for c in cands)  # fmt: skip
-    assert any("\\boxed" in c["text"] for _, _, cands in got for c in cands)
-    assert not any("<think>idea" in c["text"] for _, _, cands in got for c in cands)
+    assert any("\\boxed" in c["text"] for *_, cands in got for c in cands)
+    assert not any("<think>idea" in c["text"] for *_, cands in got for c in cands)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "r", "expected"), [([8], 1, 8192), ([2, 4, 8, 16], 4, 273), ([4], 2, 2048)]
+)
+def test_a_batch_holds_about_the_same_completions_whatever_the_grid(sizes, r, expected):
+    per_batch = a.batch_candidates(sizes, r)
+    assert per_batch == expected
+    calls = per_batch * r * sum(1 / m for m in sizes)
+    assert a.BATCH_CALLS * 0.99 <= calls <= a.BATCH_CALLS
+
+
+def _variant(name, trained=None, confidences="real"):
+    return a.Variant(name, trained, confidences != "none", confidences, {})
+
+
+def test_a_trained_variant_runs_once_per_training_seed_and_its_own_adapter():
+    variants = [_variant("prompted"), _variant("trained", "plain")]
+    runs = a.variant_runs(variants, [0, 3])
+    assert [(v.name, s) for v, s in runs] == [("prompted", None), ("trained", 0), ("trained", 3)]
+    adapters = {"plain/seed0": "ad0", "plain/seed3": "ad3"}
+    lora = a._engine_plan("base", adapters, runs, "lora")
+    assert [(m, [(v.name, s) for v, s in g], w) for m, g, w in lora] == [
+        ("base", [("prompted", None), ("trained", 0), ("trained", 3)], True)
+    ]
+    merged = a._engine_plan("base", adapters, runs, "merged")
+    assert [(m, [s for _, s in g]) for m, g, _ in merged] == [
+        ("base", [None]),
+        ("ad0", [0]),
+        ("ad3", [3]),
+    ]
+    with pytest.raises(ValueError, match=r"plain/seed3"):
+        a._engine_plan("base", {"plain/seed0": "ad0"}, runs, "lora")
+
+
+def test_permuted_confidences_move_within_each_set_and_never_across(tmp_path):
+    """The permuted control on a real benchmark's sets: each set shows exactly its own numbers,
+    every candidate another's (where the numbers differ), seeded per set."""
+    _, samples, scores, grades = make_pool(tmp_path, problems=6, samples=8, shards=2)
+    df = load_candidates(samples, scores, grades)
+    texts = CandidateTexts(samples, "</think>")
+    sets = a.candidate_sets(df, np.arange(len(df)), texts, [2, 4, 8])
+    permuted, real = _variant("p", confidences="permuted"), _variant("r")
+    metrics = ("mean", "bottom_10_percent", "lowest_group", "tail")
+    moved = 0
+    for pid, m, j, cands in sets:
+        shown = a.shown_candidates(permuted, pid, m, j, cands, seed=11)
+        tuples = [tuple(c[k] for k in metrics) for c in cands]
+        shown_tuples = [tuple(c[k] for k in metrics) for c in shown]
+        # the same numbers (the whole tuple of one candidate, together), within the set
+        assert sorted(shown_tuples) == sorted(tuples)
+        # texts and answers stay; no candidate keeps its own numbers when they differ
+        assert [c["text"] for c in shown] == [c["text"] for c in cands]
+        assert [c["answer"] for c in shown] == [c["answer"] for c in cands]
+        for own, got in zip(tuples, shown_tuples, strict=True):
+            if len(set(tuples)) == len(tuples):
+                assert got != own
+        moved += sum(o != g for o, g in zip(tuples, shown_tuples, strict=True))
+        # never across problems or sets: nothing shown comes from another set
+        assert set(shown_tuples) <= set(tuples)
+        # seeded per set: the same again, the real control unchanged
+        again = a.shown_candidates(permuted, pid, m, j, cands, seed=11)
+        assert again == shown
+        assert a.shown_candidates(real, pid, m, j, cands, seed=11) is cands
+    assert moved > len(sets)
+    # another seed permutes some set differently
+    other = [a.shown_candidates(permuted, p, m, j, c, seed=12) for p, m, j, c in sets]
+    assert other != [a.shown_candidates(permuted, p, m, j, c, seed=11) for p, m, j, c in sets]
+
+
+def test_equal_confidences_show_each_set_its_mean():
+    from confagg.aggregator_prompt import aggregator_messages
+
+    cands = [
+        {"text": "a \\boxed{1}", "mean": 1.0, "bottom_10_percent": 2.0, "lowest_group": 0.5,
+         "tail": 1.0},
+        {"text": "b \\boxed{2}", "mean": 3.0, "bottom_10_percent": float("nan"),
+         "lowest_group": 1.5, "tail": 2.0},
+    ]  # fmt: skip
+    shown = a.shown_candidates(_variant("e", confidences="equal"), "p", 2, 0, cands, seed=1)
+    assert [c["mean"] for c in shown] == [2.0, 2.0]
+    assert [c["bottom_10_percent"] for c in shown] == [2.0, 2.0]  # a missing value: the rest's
+    assert cands[0]["mean"] == 1.0  # the set itself is not changed
+    confidence = {"enabled": True, "metric": "mean", "scale": "rank", "decimals": 0}
+    prompt = {"think_end": "</think>", "instruction": "Answer.", "confidence": confidence}
+    text = aggregator_messages("1+1?", shown, prompt)[-1]["content"]
+    assert text.count("(confidence: 50/100)") == 2
 
 
 def test_no_candidates_no_batches():

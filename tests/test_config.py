@@ -108,8 +108,8 @@ def _set(section, **values):
             None,  # independent draws: m samples per problem are enough
         ),
         (
-            _set("evaluation", set_size=9, samples_per_problem=8, ks=[1, 2, 4, 8]),
-            "evaluation.set_size 9 > evaluation.samples_per_problem 8",
+            _set("evaluation", set_sizes=[2, 9], samples_per_problem=8, ks=[1, 2, 4, 8]),
+            "evaluation.set_sizes [9] > evaluation.samples_per_problem 8",
         ),
         (
             _set("evaluation", samples_per_problem=64),
@@ -157,6 +157,18 @@ def _set(section, **values):
             lambda c: c["generator"]["engine"].update(max_logprobs=10),
             "sampling.logprobs 20 > generator.engine.max_logprobs 10",
         ),
+        (  # a data set's own sampling is checked as that data set's jobs will get it
+            _set("evaluation", sampling={"max_tokens": 40960}),
+            "evaluation.sampling.max_tokens 40960 >= generator.engine.max_model_len 40960",
+        ),
+        (
+            lambda c: c["evaluation"].update(
+                aggregators=[
+                    {"name": "a", "trained": None, "confidence": False, "confidences": "equal"}
+                ]
+            ),
+            "evaluation.aggregators[0] ('a'): confidences set but confidence is false",
+        ),
         (
             lambda c: c["evaluation"]["aggregator_sampling"].update(max_tokens=30000),
             "aggregator.prompt.max_prompt_tokens 16384 + evaluation.aggregator_sampling.max_tokens "
@@ -176,7 +188,7 @@ def test_inconsistent_keys_are_named_with_their_values(change, message):
     # the values the messages below rely on (consistent with each other)
     cfg["training_pool"]["samples_per_problem"] = cfg["evaluation"]["samples_per_problem"] = 128
     cfg["curation"].update(set_size=8, sets_per_problem=16, set_sampling="disjoint")
-    cfg["evaluation"].update(set_size=8, ks=[1, 2, 4, 8, 16, 32, 64, 128])
+    cfg["evaluation"].update(set_sizes=[8], ks=[1, 2, 4, 8, 16, 32, 64, 128])
     cfg["evaluation"]["aggregator_sampling"]["max_tokens"] = 16384
     cfg["generator"]["engine"]["max_model_len"] = 40960
     cfg["sampling"].update(logprobs=20, max_tokens=32768)
@@ -253,6 +265,7 @@ def test_snakemake_stops_on_inconsistent_keys_before_any_job(workdir):
         ({"curation": {"verify_processes": 2}}, "grading.processes"),
         ({"curation": {"require_think_end": True}}, "grading.require_think_end"),
         ({"aggregator": {"prompt": {"confidence": {"enabled": False}}}}, "training.variants"),
+        ({"evaluation": {"set_size": 8}}, "evaluation.set_sizes"),
     ],
 )
 def test_moved_keys_stop_the_run_naming_their_new_place(old, new):

@@ -1,8 +1,12 @@
 """Dry-runs of the shipped configs: the DAG a cluster user gets, without torch or vllm."""
 
+import json
 import re
+import shlex
 import subprocess
 import sys
+
+import yaml
 
 from conftest import REPO, snakemake
 
@@ -45,7 +49,10 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
     assert counts["evaluate_seed"] == 4 * 3
     assert counts["report_benchmark"] == 4
     assert counts["report_summary"] == 1
-    assert counts["train_aggregator"] == 2  # the confidence-aware aggregator and plain AggLM
+    # the confidence-aware aggregator and plain AggLM, each once per training seed (3); every
+    # variant and run at every set size in one aggregation job per benchmark x seed
+    assert counts["train_aggregator"] == 2 * 3
+    assert counts["aggregate_sets"] == 4 * 3
 
 
 def test_full_scale_dry_run_with_slurm_profile(workdir):
@@ -80,3 +87,53 @@ def test_one_benchmark_report_schedules_nothing_of_the_others(workdir):
                 assert not any(f"={o}," in wildcards + "," for o in others), (rule, wildcards)
         evals = [w for r, w in jobs if r == "evaluate_seed"]
         assert len(evals) == 3 and all("benchmark=aime25" in w for w in evals)
+
+
+def _sample_settings(stdout: str) -> dict[str, dict]:
+    """The settings JSON each data set's sample jobs receive, from a dry-run's shell commands
+    (``settings=<quoted JSON>; ...``), the same for every job of a data set."""
+    found: dict[str, list] = {}
+    for line in stdout.splitlines():
+        if "python -m confagg.sample" not in line:
+            continue
+        words = shlex.split(line.split("; printf", 1)[0])
+        word = next(w for w in words if w.startswith("settings="))
+        settings = json.loads(word.split("=", 1)[1])
+        dataset = re.search(r"--dataset (\w+)", line)[1]
+        found.setdefault(dataset, []).append(settings)
+    assert all(all(s == v[0] for s in v) for v in found.values())
+    return {d: v[0] for d, v in found.items()}
+
+
+def test_pool_and_benchmark_sampling_reach_their_sample_jobs(workdir):
+    """training_pool.sampling and evaluation.sampling over `sampling`, key by key: each data
+    set's sample jobs get their own, the rest the shared keys."""
+    (workdir / "split.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "training_pool": {"sampling": {"temperature": 1.0, "top_k": -1}},
+                "evaluation": {"sampling": {"temperature": 0.7, "max_tokens": 30000}},
+            }
+        )
+    )
+    proc = snakemake("-n", "-p", "--configfile", "split.yaml", cwd=workdir)
+    got = _sample_settings(proc.stdout)
+    assert set(got) == {"train_pool", "aime24", "aime25", "hmmt24", "hmmt25"}
+    pool = got.pop("train_pool")["sampling"]
+    assert (pool["temperature"], pool["top_k"], pool["max_tokens"]) == (1.0, -1, 32768)
+    for bench in got.values():
+        params = bench["sampling"]
+        assert (params["temperature"], params["top_k"], params["max_tokens"]) == (0.7, 20, 30000)
+        assert params["top_p"] == pool["top_p"] == 0.95  # a key neither sets: `sampling`'s
+    # the default sets neither: both get `sampling` alone
+    default = _sample_settings(snakemake("-n", "-p", cwd=workdir).stdout)
+    assert default["train_pool"]["sampling"] | {"n": 0} == default["aime24"]["sampling"] | {"n": 0}
+
+
+def test_agglm_protocol_config_plans_its_own_run(workdir):
+    """config/agglm.yaml over the default: its run, AggLM's variants and one training seed."""
+    proc = snakemake("-n", "--quiet", "rules", "--configfile", "config/agglm.yaml", cwd=workdir)
+    counts = _job_counts(proc.stdout)
+    # merged over the default, whose `confidence` training variant stays (one seed each)
+    assert counts["train_aggregator"] == 2
+    assert counts["aggregate_sets"] == 4 * 3

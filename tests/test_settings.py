@@ -61,7 +61,11 @@ def _wildcards(config: dict, rule: str) -> list[dict]:
         "score_shard": [{"dataset": POOL, "seed": "0", "shard": "0"}],
         "grade_shard": [{"dataset": POOL, "seed": "0", "shard": "0"}],
         "curate_sets": [{}],
-        "train_aggregator": [{"variant": v} for v in config["training"]["variants"]],
+        "train_aggregator": [
+            {"variant": v, "train_seed": str(s)}
+            for v in config["training"]["variants"]
+            for s in config["training"]["seeds"]
+        ],
         "aggregate_sets": [{"benchmark": benchmark, "seed": str(seed)}],
         "evaluate_seed": [{"benchmark": benchmark, "seed": str(seed)}],
         "report_benchmark": [{"benchmark": benchmark}],
@@ -136,6 +140,35 @@ def test_grading_reaches_grading_the_aggregators_and_the_reward():
     check_settings = for_rule(config, "check_problems", dataset="aime24")
     assert check_settings["think_end_auto"] is True
     assert check_settings["solver"]["require_think_end"] is True
+
+
+def test_a_variant_sets_its_control_metric_and_scale():
+    config = _config("config.yaml")
+    config["evaluation"]["aggregators"] = [
+        {"name": "a", "trained": None, "confidence": True},
+        {"name": "b", "trained": "confidence", "confidence": True, "confidences": "permuted",
+         "metric": "tail", "scale": "raw"},
+    ]  # fmt: skip
+    agg = from_mapping(
+        aggregate.Settings, for_rule(config, "aggregate_sets", benchmark="aime24", seed="0")
+    )
+    shared = config["aggregator"]["prompt"]["confidence"]
+    a, b = agg.variants
+    assert (a.confidences, a.prompt["confidence"]["metric"], a.prompt["confidence"]["scale"]) == (
+        "real",
+        shared["metric"],
+        shared["scale"],
+    )
+    assert (b.confidences, b.prompt["confidence"]["metric"], b.prompt["confidence"]["scale"]) == (
+        "permuted",
+        "tail",
+        "raw",
+    )
+    assert agg.set_sizes == tuple(config["evaluation"]["set_sizes"])
+    assert agg.train_seeds == tuple(config["training"]["seeds"])
+    # the train job's GRPO settings do not take the training seeds (a wildcard of its own)
+    tr = for_rule(config, "train_aggregator", variant="confidence", train_seed="1")
+    assert "seeds" not in tr["training"] and "variants" not in tr["training"]
 
 
 def test_curation_seed_derives_from_the_run_seed_when_null():

@@ -470,7 +470,7 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     secret = "test-secret-wandb-key-0123456789"
     snakemake(
-        "results/tiny/train/confidence/adapter",
+        "results/tiny/train/confidence/seed0/adapter",
         "--configfile",
         "tiny.yaml",
         "--replace-workflow-config",
@@ -481,7 +481,7 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
         cwd=workdir,
         env={"WANDB_API_KEY": secret},
     )
-    out = workdir / "results/tiny/train/confidence"  # one training run per variant
+    out = workdir / "results/tiny/train/confidence/seed0"  # one run per variant and seed
     adapter = out / "adapter"
     assert (adapter / "adapter_config.json").is_file()
     assert not (out / ".adapter.tmp").exists()

@@ -34,6 +34,21 @@ pytestmark = pytest.mark.integration
 ENGINE = {"max_model_len": 1024, "kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}
 
 
+# the four variants and a control: Conf-AggLM with each set's confidences permuted
+AGGREGATORS = [
+    {"name": "aggregator (prompted, no conf.)", "trained": None, "confidence": False},
+    {"name": "aggregator (prompted, conf.)", "trained": None, "confidence": True},
+    {"name": "AggLM (trained, no conf.)", "trained": "plain", "confidence": False},
+    {"name": "Conf-AggLM (trained, conf.)", "trained": "confidence", "confidence": True},
+    {
+        "name": "Conf-AggLM (permuted conf.)",
+        "trained": "confidence",
+        "confidence": True,
+        "confidences": "permuted",
+    },
+]
+
+
 def tiny_config(model, **overrides) -> dict:
     cfg = {
         "run_name": "tiny",
@@ -58,15 +73,20 @@ def tiny_config(model, **overrides) -> dict:
             "samples_per_problem": 4,
             "shards": 1,
             "ks": [1, 2, 4],
-            "set_size": 2,
+            # 4 samples: 2 sets of 2 and 1 of 4 per problem
+            "set_sizes": [2, 4],
             "aggregator_sampling": {"max_tokens": 16, "temperature": 1.0},
+            "aggregators": AGGREGATORS,
             "deepconf_online": {"warmup": 2},  # online at k = 4
         },
         # 3 samples per problem: one disjoint set of 2 (sets x size <= samples, checked at start)
         "curation": {"sets_per_problem": 1, "set_size": 2},
         "grading": {"processes": 1},
-        "aggregator": {"prompt": {"max_prompt_tokens": 480}},
+        # a set of 4 (the largest set size) with its confidence headers is ~500 tokens to the
+        # tiny tokenizer before any candidate text: the whole context minus the 16 output tokens
+        "aggregator": {"prompt": {"max_prompt_tokens": 1024 - 16}},
         "training": {
+            "seeds": [0, 1],  # two GRPO runs per variant, both evaluated and reported
             "gpus": 0,
             "max_steps": 2,
             "per_device_train_batch_size": 4,
@@ -91,11 +111,8 @@ def tiny_run(tmp_path_factory, tiny_model):
     workdir = tmp_path_factory.mktemp("tiny-run")
     shutil.copytree(REPO / "config", workdir / "config")
     cfg = tiny_config(tiny_model)
-    if REAL_BENCHMARK.is_file():
+    if REAL_BENCHMARK.is_file():  # (a real problem is ~700 tokens to the tiny tokenizer)
         cfg["benchmarks"]["aime24"] = {"source": {"path": str(REAL_BENCHMARK)}, "limit": 2}
-        # a real problem is ~700 tokens to the tiny tokenizer: the whole context minus the
-        # aggregator's 16 output tokens
-        cfg["aggregator"]["prompt"]["max_prompt_tokens"] = 1024 - 16
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     snakemake("--configfile", "tiny.yaml", "--replace-workflow-config", "--cores", "2", cwd=workdir)
     return workdir, workdir / "results/tiny"
@@ -148,16 +165,24 @@ def test_whole_workflow_to_the_report(tiny_run):
         summary["sets"][s]["hard"] + summary["sets"][s]["easy"] for s in ("train", "val")
     )
     # trained, evaluated and reported: every method of every k, numbers as in metrics.json
-    for variant in ("confidence", "plain"):  # both training runs: Conf-AggLM and plain AggLM
-        assert (out / f"train/{variant}/adapter/adapter_config.json").is_file()
+    for variant in ("confidence", "plain"):  # Conf-AggLM and plain AggLM, two seeds each
+        adapters = [out / f"train/{variant}/seed{s}/adapter" for s in (0, 1)]
+        assert all((a / "adapter_config.json").is_file() for a in adapters)
+        # two runs, not one copied: trained with seeds of their own
+        manifests = [json.loads((a.parent / "manifest.json").read_text()) for a in adapters]
+        assert manifests[0]["seeds"] != manifests[1]["seeds"]
     agg = read_table(out / "eval/mini/seed0/aggregators.parquet", AGG_OUTPUTS).to_pandas()
-    assert set(agg["method"]) == {
-        "aggregator (prompted, no conf.)",
-        "aggregator (prompted, conf.)",
-        "AggLM (trained, no conf.)",
-        "Conf-AggLM (trained, conf.)",
+    runs = agg.groupby("method", sort=False)["train_seed"].agg(lambda s: sorted(set(s.dropna())))
+    assert runs.to_dict() == {
+        "aggregator (prompted, no conf.)": [],
+        "aggregator (prompted, conf.)": [],
+        "AggLM (trained, no conf.)": [0, 1],
+        "Conf-AggLM (trained, conf.)": [0, 1],
+        "Conf-AggLM (permuted conf.)": [0, 1],
     }
-    assert len(agg) == 4 * 3 * 2  # variants x problems x sets of 2 from 4 samples
+    # (2 prompted + 3 trained x 2 seeds) runs x 3 problems x (2 sets of 2 + 1 of 4)
+    assert len(agg) == (2 + 3 * 2) * 3 * (2 + 1)
+    assert sorted(agg.groupby("k")["set_idx"].max().items()) == [(2, 1), (4, 0)]
     metrics = json.loads((out / "reports/mini/metrics.json").read_text())
     seed0 = metrics["per_seed"][0]
     assert seed0["ks"] == [1, 2, 4]
@@ -173,6 +198,9 @@ def test_whole_workflow_to_the_report(tiny_run):
         "Conf-AggLM (trained, conf.)",
     } <= set(seed0["methods"])
     assert set(seed0["methods"]["online10"]["by_k"]) == {"4"}
+    # the aggregators at both set sizes
+    for name in ("Conf-AggLM (trained, conf.)", "Conf-AggLM (permuted conf.)"):
+        assert set(seed0["methods"][name]["by_k"]) == {"2", "4"}
     assert set(metrics["auroc"]["mean"]) == {"pooled", "per_problem_mean"}
     html = (out / "reports/mini/report.html").read_text()
     # every figure, and the training curves of the trained variants
@@ -183,8 +211,8 @@ def test_whole_workflow_to_the_report(tiny_run):
         assert (out / f"reports/mini/figures/{figure}.png").stat().st_size > 0
     assert (out / "reports/training_curves.png").stat().st_size > 0
     assert {b["label"] for b in metrics["difficulty"]["bins"]} <= set(DIFFICULTY_BINS)
-    overall = (out / "summary.md").read_text()  # every method at k = m = 2
-    assert "mini (k=2, n=4)" in overall and "| Conf-AggLM (trained, conf.) |" in overall
+    overall = (out / "summary.md").read_text()  # every method at k = m
+    assert "mini (k=" in overall and "| Conf-AggLM (trained, conf.) |" in overall
     csv = pd.read_csv(out / "summary.csv")
     row = csv[(csv["benchmark"] == "mini") & (csv["method"] == "majority") & (csv["k"] == 2)]
     assert row["name"].tolist() == ["maj@k:k=2&n=4"]
@@ -239,7 +267,7 @@ def test_report_for_a_real_benchmark(tiny_run):
     assert html.count("data:image/png;base64,") == len(FIGURES) + 1
     assert f"{100 * metrics['pass@1']['mean']:.1f}" in html
     overall = (out / "summary.md").read_text()
-    assert "aime24 (k=2, n=4)" in overall and "mini (k=2, n=4)" in overall
+    assert "aime24 (k=" in overall and "mini (k=" in overall
 
 
 def test_snakemake_report_holds_every_registered_result(tiny_run):

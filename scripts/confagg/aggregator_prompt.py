@@ -17,6 +17,12 @@ Scales (``confidence.scale``), all "higher = more confident":
 
 A candidate without a value (null / NaN) shows ``n/a`` and takes no part in the ranking.
 
+Controls (``evaluation.aggregators[].confidences``, :func:`control_confidences`), to show
+whether a trained aggregator uses the confidences: ``permuted`` moves each candidate's
+confidences (every metric, as one) to another candidate of the same set (a seeded random cycle:
+the same numbers, beside the wrong candidates; never across sets or problems); ``equal`` shows
+every candidate of a set the set's mean (so ``rank`` shows 50 and ``minmax`` 100 for all).
+
 Token budget (``max_prompt_tokens``, counted on the rendered prompt as the trainer tokenizes
 it). When the prompt is too long, only candidate *texts* are cut, longest first ("water
 filling": every text longer than a common cap ``L`` is cut down to ``L`` tokens, shorter ones are
@@ -34,10 +40,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from confagg.answers import after_think
+from confagg.confidence import METRICS
 from confagg.prompts import render
 
 SCALES = ("raw", "rank", "minmax")
+CONTROLS = ("real", "permuted", "equal")
 
 DEFAULT_INSTRUCTION = (
     "Above are candidate solutions to the problem. Any, all or none of them may be correct. "
@@ -107,6 +117,30 @@ def confidence_scores(values: Sequence[float | None], scale: str) -> list[float 
         else:
             lo, hi = min(present), max(present)
             out.append(100.0 if hi == lo else 100.0 * (v - lo) / (hi - lo))
+    return out
+
+
+def control_confidences(
+    candidates: Sequence[Mapping], control: str, rng: np.random.Generator
+) -> list[dict]:
+    """The candidates of one set with their confidence metrics as ``control`` shows them (see
+    the module docstring); texts and answers stay where they are. ``rng`` draws the cycle of
+    ``permuted`` (seed it per set)."""
+    if control not in CONTROLS:
+        raise ValueError(f"unknown confidence control {control!r} (expected one of {CONTROLS})")
+    out = [dict(c) for c in candidates]
+    if control == "permuted" and len(out) > 1:
+        # a random cycle through the set: candidate order[i] shows order[i + 1]'s numbers
+        order = rng.permutation(len(out)).tolist()
+        for i, dest in enumerate(order):
+            src = candidates[order[(i + 1) % len(order)]]
+            out[dest].update({m: src.get(m) for m in METRICS})
+    elif control == "equal":
+        for m in METRICS:
+            values = [float(c[m]) for c in candidates if not _is_missing(c.get(m))]
+            mean = sum(values) / len(values) if values else None
+            for c in out:
+                c[m] = mean
     return out
 
 

@@ -53,6 +53,9 @@ MOVED_KEYS = {
     ("curation", "verify_timeout"): "grading.timeout",
     ("curation", "verify_processes"): "grading.processes",
     ("curation", "require_think_end"): "grading.require_think_end",
+    ("evaluation", "set_size"): (
+        "evaluation.set_sizes, a list (e.g. [8]; every aggregator variant runs at each size)"
+    ),
     ("aggregator", "prompt", "confidence", "enabled"): (
         "training.variants.<name>.confidence and evaluation.aggregators[].confidence (each "
         "variant says whether its prompt shows the confidences)"
@@ -309,6 +312,14 @@ def _disjoint_sets(curation: Mapping) -> bool:
     return curation.get("set_sampling", "disjoint") == "disjoint"
 
 
+def _sampling_value(config: Mapping, section: str, key: str) -> tuple[object, str]:
+    """(value, the key that set it) of one sampling key of a data set's section ("training_pool"
+    or "evaluation"): its own ``sampling`` override, else the shared ``sampling``."""
+    if key in config[section]["sampling"]:
+        return config[section]["sampling"][key], f"{section}.sampling.{key}"
+    return config["sampling"][key], f"sampling.{key}"
+
+
 def check_consistency(config: Mapping) -> None:
     """Cross-key checks of a validated config (each key alone is valid): raise ConfigError
     naming every pair of keys that cannot work together, with their values, so the run stops
@@ -329,10 +340,11 @@ def check_consistency(config: Mapping) -> None:
             f"training_pool.samples_per_problem {n_pool}: disjoint sets (curation.set_sampling "
             f"disjoint) need that many samples per problem"
         )
-    if ev["set_size"] > n_eval:
+    too_big = [m for m in ev["set_sizes"] if m > n_eval]
+    if too_big:
         problems.append(
-            f"evaluation.set_size {ev['set_size']} > evaluation.samples_per_problem {n_eval}: "
-            f"the aggregators would get no candidate set"
+            f"evaluation.set_sizes {too_big} > evaluation.samples_per_problem {n_eval}: "
+            f"the aggregators would get no candidate set of that size"
         )
     too_big = [k for k in ev["ks"] if k > n_eval]
     if too_big:
@@ -344,6 +356,14 @@ def check_consistency(config: Mapping) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         problems.append(f"evaluation.aggregators: names {dupes} appear more than once")
+    for i, a in enumerate(ev["aggregators"]):
+        # a control or an encoding of the confidences needs a prompt that shows them
+        shown = [k for k in ("confidences", "metric", "scale") if k in a]
+        if shown and not a["confidence"]:
+            problems.append(
+                f"evaluation.aggregators[{i}] ({a['name']!r}): {', '.join(shown)} set but "
+                f"confidence is false (the prompt shows no confidences)"
+            )
 
     training = config["training"]
     batch, made_of = grpo_generation_batch(training)
@@ -364,19 +384,24 @@ def check_consistency(config: Mapping) -> None:
         )
 
     engine = config["generator"]["engine"]
-    logprobs, cap = config["sampling"]["logprobs"], engine.get("max_logprobs", VLLM_MAX_LOGPROBS)
-    if logprobs > cap:
-        problems.append(
-            f"sampling.logprobs {logprobs} > generator.engine.max_logprobs {cap} (vLLM's cap)"
-        )
+    cap = engine.get("max_logprobs", VLLM_MAX_LOGPROBS)
     max_len = engine.get("max_model_len")
-    if isinstance(max_len, int):
-        max_tokens = config["sampling"]["max_tokens"]
-        if max_tokens >= max_len:
+    # each data set's sampling: sampling, with training_pool.sampling / evaluation.sampling over it
+    for section in ("training_pool", "evaluation"):
+        (logprobs, logprobs_key), (tokens, tokens_key) = (
+            _sampling_value(config, section, k) for k in ("logprobs", "max_tokens")
+        )
+        if logprobs > cap:
             problems.append(
-                f"sampling.max_tokens {max_tokens} >= generator.engine.max_model_len {max_len}: "
-                f"no room left for the prompt"
+                f"{logprobs_key} {logprobs} > generator.engine.max_logprobs {cap} (vLLM's cap)"
             )
+        if isinstance(max_len, int) and tokens >= max_len:
+            problems.append(
+                f"{tokens_key} {tokens} >= generator.engine.max_model_len {max_len}: no room "
+                f"left for the prompt"
+            )
+    problems = list(dict.fromkeys(problems))  # a shared key's problem once
+    if isinstance(max_len, int):
         budget = config["aggregator"]["prompt"]["max_prompt_tokens"]
         answer = ev["aggregator_sampling"]["max_tokens"]
         if ev["aggregators"] and budget is not None and budget + answer > max_len:

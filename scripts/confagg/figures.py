@@ -195,16 +195,23 @@ _CURVES = (
 )
 
 
+def _run_label(log: Path) -> str:
+    """A training run's label from its log's path: ``<variant> seed<s>`` (train/<variant>/
+    seed<s>/log.jsonl), or its folder's name."""
+    folder = log.parent
+    return f"{folder.parent.name} {folder.name}" if folder.name.startswith("seed") else folder.name
+
+
 def training_curves(logs: Sequence[Path]) -> str:
     """Reward, KL, completion length and truncated share against the step, one colour per
-    training run (each ``train/<variant>/log.jsonl``, labelled by its variant's folder);
-    validation rows (split "eval") dashed. A PNG, base64."""
+    training run (each ``train/<variant>/seed<s>/log.jsonl``, labelled by its variant's and
+    seed's folders); validation rows (split "eval") dashed. A PNG, base64."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(Path(p).parent.name, pd.DataFrame(read_jsonl(p))) for p in logs]
+    runs = [(_run_label(Path(p)), pd.DataFrame(read_jsonl(p))) for p in logs]
     fig, axes = plt.subplots(1, len(_CURVES), figsize=(4 * len(_CURVES), 3.2), squeeze=False)
     for ax, (key, title, scale) in zip(axes[0], _CURVES, strict=True):
         drawn = False

@@ -91,6 +91,27 @@ def num_shards(config: Mapping, dataset: str) -> int:
     return config["training_pool" if dataset == POOL else "evaluation"]["shards"]
 
 
+def sampling(config: Mapping, dataset: str) -> dict:
+    """The sampling settings of a data set: ``sampling``, with ``training_pool.sampling`` (the
+    pool) or ``evaluation.sampling`` (every benchmark) over it, key by key (AggLM samples its
+    training candidates and its evaluation candidates at different temperatures)."""
+    section = config["training_pool" if dataset == POOL else "evaluation"]
+    return {**config["sampling"], **section["sampling"]}
+
+
+def trained_runs(config: Mapping) -> list[tuple[str, int]]:
+    """(training variant, training seed) of every GRPO run the evaluated variants use, in the
+    config's order: one per variant and ``training.seeds`` entry."""
+    used = dict.fromkeys(v["trained"] for v in config["evaluation"]["aggregators"])
+    seeds = config["training"]["seeds"]
+    return [(v, s) for v in used if v is not None for s in seeds]
+
+
+def run_key(variant: str, seed: int) -> str:
+    """A training run's name in paths and ``--trained`` arguments: ``<variant>/seed<s>``."""
+    return f"{variant}/seed{seed}"
+
+
 def think_end_required(config: Mapping, role: str) -> bool:
     """Whether a text of ``role`` ("generator" or "aggregator") without the end-of-thinking
     marker (grading.think_end) has no answer: grading.require_think_end, or when null the
@@ -141,7 +162,7 @@ def _check_problems(config: Mapping, dataset: str) -> dict:
             "prompt": config["prompt"],
             "chat_template_kwargs": config["generator"]["chat_template_kwargs"],
             "max_model_len": engine.get("max_model_len"),
-            "max_tokens": config["sampling"]["max_tokens"],
+            "max_tokens": sampling(config, dataset)["max_tokens"],
             "require_think_end": think_end_required(config, "generator"),
         },
         "aggregator": {
@@ -150,7 +171,10 @@ def _check_problems(config: Mapping, dataset: str) -> dict:
             "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
             # training reads curated sets of the pool; evaluation reads benchmark sets on the
             # generator's engine settings
-            "set_size": config["curation" if pool else "evaluation"]["set_size"],
+            # the largest set the aggregator reads from this data set
+            "set_size": (
+                config["curation"]["set_size"] if pool else max(config["evaluation"]["set_sizes"])
+            ),
             "max_model_len": None if pool else engine.get("max_model_len"),
             "max_tokens": (
                 None if pool else config["evaluation"]["aggregator_sampling"]["max_tokens"]
@@ -171,10 +195,10 @@ def _record_model(config: Mapping, role: str) -> dict:
 
 
 def _sample_shard(config: Mapping, dataset: str, **_) -> dict:
-    sampling = dict(config["sampling"], n=samples_per_problem(config, dataset))
+    params = dict(sampling(config, dataset), n=samples_per_problem(config, dataset))
     return {
-        "sampling": {k: v for k, v in sampling.items() if k != "problems_in_flight"},
-        "problems_in_flight": sampling["problems_in_flight"],
+        "sampling": {k: v for k, v in params.items() if k != "problems_in_flight"},
+        "problems_in_flight": params["problems_in_flight"],
         "shards": num_shards(config, dataset),
         "engine": config["generator"]["engine"],
         "prompt": config["prompt"],
@@ -210,12 +234,13 @@ def _curate_sets(config: Mapping) -> dict:
     }
 
 
-def _train_aggregator(config: Mapping, variant: str) -> dict:
+def _train_aggregator(config: Mapping, variant: str, **_) -> dict:
     confidence = config["training"]["variants"][variant]["confidence"]
     aggregator = dict(config["aggregator"], prompt=aggregator_prompt(config, confidence))
     return {
         "aggregator": aggregator,
-        "training": {k: v for k, v in config["training"].items() if k != "variants"},
+        # (variants and seeds are the rule's wildcards, the rest GRPO's)
+        "training": {k: v for k, v in config["training"].items() if k not in ("variants", "seeds")},
         "reading": reading(config, "aggregator"),
         "verify_timeout": config["grading"]["timeout"],
     }
@@ -226,10 +251,9 @@ def _aggregate_sets(config: Mapping, benchmark: str, seed: str | int) -> dict:
 
     ev = config["evaluation"]
     return {
-        "set_size": ev["set_size"],
-        "variants": [
-            dict(v, prompt=aggregator_prompt(config, v["confidence"])) for v in ev["aggregators"]
-        ],
+        "set_sizes": ev["set_sizes"],
+        "variants": [_variant(config, v) for v in ev["aggregators"]],
+        "train_seeds": config["training"]["seeds"],
         "sampling": dict(ev["aggregator_sampling"], n=ev["outputs_per_set"]),
         "engine": config["generator"]["engine"],
         "chat_template_kwargs": config["aggregator"]["chat_template_kwargs"],
@@ -238,6 +262,20 @@ def _aggregate_sets(config: Mapping, benchmark: str, seed: str | int) -> dict:
         "reading": reading(config, "aggregator"),
         "verify_timeout": config["grading"]["timeout"],
         "seed": derive_seed(config["seed"], "aggregate", benchmark, seed),
+    }
+
+
+def _variant(config: Mapping, entry: Mapping) -> dict:
+    """An ``evaluation.aggregators`` entry as ``confagg.aggregate.Variant``: its prompt section
+    with the variant's metric and scale over aggregator.prompt.confidence's, and its control."""
+    prompt = aggregator_prompt(config, entry["confidence"])
+    prompt["confidence"].update({k: entry[k] for k in ("metric", "scale") if k in entry})
+    return {
+        "name": entry["name"],
+        "trained": entry["trained"],
+        "confidence": entry["confidence"],
+        "confidences": entry.get("confidences", "real"),
+        "prompt": prompt,
     }
 
 

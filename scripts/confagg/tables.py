@@ -104,7 +104,8 @@ SETS = pa.schema(
     metadata={"table": "sets"},
 )
 
-# One row per aggregator completion (confagg.aggregate).
+# One row per aggregator completion (confagg.aggregate): k is the set size m, set_idx the set
+# among the problem's disjoint sets of that size, output_idx the completion (0..r-1).
 AGG_OUTPUTS = pa.schema(
     [
         pa.field("method", pa.string(), nullable=False),  # the variant's name
@@ -112,6 +113,8 @@ AGG_OUTPUTS = pa.schema(
         pa.field("set_idx", pa.int32(), nullable=False),
         pa.field("k", pa.int32(), nullable=False),
         pa.field("output_idx", pa.int32(), nullable=False),
+        # the training seed of a trained variant's run (training.seeds); null: prompted
+        pa.field("train_seed", pa.int32()),
         pa.field("text", pa.large_string(), nullable=False),
         pa.field("answer", pa.string()),
         pa.field("correct", pa.bool_(), nullable=False),

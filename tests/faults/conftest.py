@@ -65,6 +65,7 @@ def tiny_config(model: Path) -> dict:
     )
     cfg["curation"]["sets_per_problem"] = 2
     cfg["training"]["variants"] = {"confidence": {"confidence": True}}
+    cfg["training"]["seeds"] = [0]  # one training run: the kill tests stop each job once
     return cfg
 
 

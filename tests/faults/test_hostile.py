@@ -122,8 +122,8 @@ CONFIG_CASES = [
     ),
     (
         "evaluation set above the samples",
-        _set("evaluation.set_size", 5),
-        r"evaluation\.set_size 5 > evaluation\.samples_per_problem 4",
+        _set("evaluation.set_sizes", [2, 5]),
+        r"evaluation\.set_sizes \[5\] > evaluation\.samples_per_problem 4",
     ),
     (
         "k above the samples",
@@ -182,8 +182,8 @@ DRY_RUN_CASES = [
     ("seed -1 (dry-run)", _set("seed", -1), r"seed: -1 is less than the minimum of 0"),
     (
         "evaluation set above the samples (dry-run)",
-        _set("evaluation.set_size", 5),
-        r"evaluation\.set_size 5 > evaluation\.samples_per_problem 4",
+        _set("evaluation.set_sizes", [2, 5]),
+        r"evaluation\.set_sizes \[5\] > evaluation\.samples_per_problem 4",
     ),
     (
         "unknown training run (dry-run)",

@@ -9,7 +9,14 @@ from pathlib import Path
 from confagg import config as cfg
 from confagg import settings as rule_settings
 from confagg.config import SMOLLM2, hub_model, hub_slug, model_kind
-from confagg.settings import POOL, num_shards, samples_per_problem
+from confagg.settings import (
+    POOL,
+    num_shards,
+    run_key,
+    samples_per_problem,
+    sampling,
+    trained_runs,
+)
 
 # Snakemake 9.27 does not pass --replace-workflow-config on to the jobs it submits to a cluster
 # (they would merge the run's config file over config/config.yaml again): the main process marks
@@ -136,13 +143,17 @@ def eval_shards(step):
     return files
 
 
+def train_dir(variant, train_seed):
+    """The folder of one GRPO run: results/<run>/train/<variant>/seed<s>/."""
+    return f"{OUT}/train/{run_key(variant, train_seed)}"
+
+
 def trained_aggregators():
-    """``{training variant: what it runs on}`` for the training runs that evaluated variants
-    use: the adapter (per-request LoRA) or the merged model. Variants that only prompt the base
-    model need no training run."""
+    """``{<variant>/seed<s>: what it runs on}`` for the training runs that evaluated variants
+    use (one per training variant and training seed): the adapter (per-request LoRA) or the
+    merged model. Variants that only prompt the base model need no training run."""
     kind = "merged" if config["evaluation"]["trained_model"] == "merged" else "adapter"
-    used = dict.fromkeys(v["trained"] for v in config["evaluation"]["aggregators"])
-    return {v: f"{OUT}/train/{v}/{kind}" for v in used if v is not None}
+    return {run_key(v, s): f"{train_dir(v, s)}/{kind}" for v, s in trained_runs(config)}
 
 
 def _check_aggregators():

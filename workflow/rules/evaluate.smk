@@ -5,7 +5,8 @@
 
 
 rule aggregate_sets:
-    """Every aggregator variant on the disjoint candidate sets of one benchmark x seed."""
+    """Every aggregator variant (a trained one once per training seed) on the disjoint candidate
+    sets of every set size of one benchmark x seed."""
     input:
         problems=f"{OUT}/data/{{benchmark}}.jsonl",
         samples=eval_shards("samples"),
@@ -28,7 +29,7 @@ rule aggregate_sets:
         runtime="6h",
     params:
         settings=stage_settings("aggregate_sets"),
-        # --trained <variant>=<adapter or merged model> ...
+        # --trained <variant>/seed<s>=<adapter or merged model> ...
         trained=lambda wc: " ".join(
             f"--trained {v}={path}" for v, path in trained_aggregators().items()
         ),
@@ -72,7 +73,7 @@ rule evaluate_seed:
 rule report_training:
     """The GRPO training curves of the training runs that evaluated variants use."""
     input:
-        [f"{OUT}/train/{variant}/log.jsonl" for variant in trained_aggregators()],
+        [f"{OUT}/train/{run}/log.jsonl" for run in trained_aggregators()],
     output:
         report(
             f"{OUT}/reports/training_curves.png",

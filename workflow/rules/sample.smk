@@ -26,9 +26,9 @@ rule sample_shard:
         mem_mb=lambda wc: (
             16000
             + config["generator"]["engine"].get("kv_cache_memory_bytes", 0) // 2**20
-            + config["sampling"]["problems_in_flight"]
+            + sampling(config, wc.dataset)["problems_in_flight"]
             * samples_per_problem(config, wc.dataset)
-            * config["sampling"]["max_tokens"]
+            * sampling(config, wc.dataset)["max_tokens"]
             * 8
             // 2**20
         ),

@@ -1,12 +1,14 @@
 # GRPO training of the confidence-aware aggregator (TRL + PEFT LoRA), one accelerate job.
-# One run per training variant (training.variants: with or without confidences in the prompt).
-# Resumable: checkpoints live in {OUT}/train/<variant>/checkpoints/, which is no output
+# One run per training variant (training.variants: with or without confidences in the prompt)
+# and training seed (training.seeds), in {OUT}/train/<variant>/seed<s>/.
+# Resumable: checkpoints live in {OUT}/train/<variant>/seed<s>/checkpoints/, which is no output
 # (Snakemake keeps it when the job fails); the job saves and stops before its `runtime`, a
 # rerun resumes.
 
 
 wildcard_constraints:
     variant="|".join(config["training"]["variants"]),
+    train_seed=r"\d+",
 
 
 rule train_aggregator:
@@ -17,13 +19,13 @@ rule train_aggregator:
         val=f"{OUT}/curated/val.parquet",
         model=model_dir("aggregator"),
     output:
-        adapter=directory(f"{OUT}/train/{{variant}}/adapter"),
-        log=f"{OUT}/train/{{variant}}/log.jsonl",
-        manifest=f"{OUT}/train/{{variant}}/manifest.json",
+        adapter=directory(f"{OUT}/train/{{variant}}/seed{{train_seed}}/adapter"),
+        log=f"{OUT}/train/{{variant}}/seed{{train_seed}}/log.jsonl",
+        manifest=f"{OUT}/train/{{variant}}/seed{{train_seed}}/manifest.json",
     log:
-        f"{LOGS}/train_aggregator/{{variant}}.log",
+        f"{LOGS}/train_aggregator/{{variant}}/seed{{train_seed}}.log",
     benchmark:
-        f"{LOGS}/train_aggregator/{{variant}}.benchmark.tsv"
+        f"{LOGS}/train_aggregator/{{variant}}/seed{{train_seed}}.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 8
@@ -35,8 +37,9 @@ rule train_aggregator:
         out=lambda wc, output: os.path.dirname(output.log),
         launch=accelerate_args,
         settings=stage_settings("train_aggregator"),
-        seed=config["seed"],
-        run_name=lambda wc: f"{config['run_name']}-{wc.variant}",
+        # training seed s trains with the run seed + s (seed 0: the run seed)
+        seed=lambda wc: config["seed"] + int(wc.train_seed),
+        run_name=lambda wc: f"{config['run_name']}-{wc.variant}-seed{wc.train_seed}",
     shell:
         # USR1 is ignored by the shell and the launcher (the trainer handles it: save, stop).
         "trap '' USR1; HF_HUB_OFFLINE=1 accelerate launch {params.launch} -m confagg.train"
@@ -49,14 +52,14 @@ rule merge_adapter:
     """The trained adapter merged into a copy of the aggregator's base model (a plain model
     folder: evaluation.trained_model "merged" serves it without LoRA; users can ship it)."""
     input:
-        adapter=f"{OUT}/train/{{variant}}/adapter",
+        adapter=f"{OUT}/train/{{variant}}/seed{{train_seed}}/adapter",
         model=model_dir("aggregator"),
     output:
-        directory(f"{OUT}/train/{{variant}}/merged"),
+        directory(f"{OUT}/train/{{variant}}/seed{{train_seed}}/merged"),
     log:
-        f"{LOGS}/merge_adapter/{{variant}}.log",
+        f"{LOGS}/merge_adapter/{{variant}}/seed{{train_seed}}.log",
     benchmark:
-        f"{LOGS}/merge_adapter/{{variant}}.benchmark.tsv"
+        f"{LOGS}/merge_adapter/{{variant}}/seed{{train_seed}}.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 4
