@@ -160,3 +160,33 @@ def test_no_candidates_no_batches():
     import pandas as pd
 
     assert a.problem_batches(pd.DataFrame({"problem_id": []}), 10) == []
+
+
+def test_shards_split_the_problems_disjointly_and_cover_them_all():
+    problems = {f"p{j}": {"id": f"p{j}"} for j in range(7)}
+    shards = [a.shard_problems(problems, s, 3) for s in range(3)]
+    assert [list(s) for s in shards] == [["p0", "p3", "p6"], ["p1", "p4"], ["p2", "p5"]]
+    with pytest.raises(ValueError, match="shard 3: expected 0 <= shard < 3"):
+        a.shard_problems(problems, 3, 3)
+
+
+def test_merged_shards_hold_every_row_of_every_shard_once(tmp_path):
+    import pyarrow as pa
+
+    from confagg.tables import AGG_OUTPUTS, read_table, write_table
+
+    def shard(path, problems):
+        rows = [
+            {"method": "m", "problem_id": p, "set_idx": j, "k": 2, "output_idx": 0,
+             "train_seed": None, "text": f"{p}/{j}", "answer": "1", "correct": j == 0,
+             "status": "ok", "num_tokens": 3, "prompt_tokens": 9, "prompt_truncated": False}
+            for p in problems for j in range(2)
+        ]  # fmt: skip
+        write_table(pa.Table.from_pylist(rows), path, AGG_OUTPUTS)
+        return path
+
+    parts = [shard(tmp_path / "s0.parquet", ["p0", "p2"]), shard(tmp_path / "s1.parquet", ["p1"])]
+    rows = a.merge_shards(parts, tmp_path / "all.parquet")
+    merged = read_table(tmp_path / "all.parquet", AGG_OUTPUTS).to_pandas()
+    assert rows == len(merged) == 6
+    assert sorted(merged["text"]) == ["p0/0", "p0/1", "p1/0", "p1/1", "p2/0", "p2/1"]

@@ -50,9 +50,11 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
     assert counts["report_benchmark"] == 4
     assert counts["report_summary"] == 1
     # the confidence-aware aggregator and plain AggLM, each once per training seed (3); every
-    # variant and run at every set size in one aggregation job per benchmark x seed
+    # variant and run at every set size in 16 aggregation jobs per benchmark x seed (a shard of
+    # its problems each: evaluation.aggregate_shards), merged into one table
     assert counts["train_aggregator"] == 2 * 3
-    assert counts["aggregate_sets"] == 4 * 3
+    assert counts["aggregate_sets"] == 4 * 3 * 16
+    assert counts["merge_aggregators"] == 4 * 3
 
 
 def test_full_scale_dry_run_with_slurm_profile(workdir):
@@ -136,4 +138,4 @@ def test_agglm_protocol_config_plans_its_own_run(workdir):
     counts = _job_counts(proc.stdout)
     # merged over the default, whose `confidence` training variant stays (one seed each)
     assert counts["train_aggregator"] == 2
-    assert counts["aggregate_sets"] == 4 * 3
+    assert counts["aggregate_sets"] == 4 * 3 * 16

@@ -117,7 +117,8 @@ def test_math_verify_pass_at_1_equals_math_verifys_own_loop(tmp_path):
 def test_extraction_and_marker_reach_the_aggregators_outputs_and_the_reward():
     config = _config(extraction="math_verify", think_end="<|/reason|>", require_think_end=True)
     agg = from_mapping(
-        aggregate.Settings, for_rule(config, "aggregate_sets", benchmark="aime24", seed="0")
+        aggregate.Settings,
+        for_rule(config, "aggregate_sets", benchmark="aime24", seed="0", shard="0"),
     )
     tr = from_mapping(train.Settings, for_rule(config, "train_aggregator", variant="confidence"))
     texts = [

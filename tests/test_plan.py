@@ -31,7 +31,7 @@ def hand_made(**changes) -> dict:
         "curation": {"sets_per_problem": 1, "set_size": 4},
         "benchmarks": {"mini": {"source": {"demo": {"n": 10, "seed": 2}}}},
         "evaluation": {"seeds": [0, 1], "samples_per_problem": 4, "shards": 1, "ks": [1, 2, 4],
-                       "set_size": 4, "aggregator_sampling": {"max_tokens": 200}},
+                       "set_sizes": [4], "aggregator_sampling": {"max_tokens": 200}},
         "aggregator": {"prompt": {"max_prompt_tokens": 500}},
         "training": {"gpus": 2, "max_steps": 3, "per_device_train_batch_size": 2,
                      "gradient_accumulation_steps": 2, "num_generations": 4,
@@ -75,6 +75,13 @@ def test_plan_arithmetic_on_a_hand_made_config():
     agg = rows["aggregate_sets"]
     # 10 problems x 1 set x 4 aggregator variants x 1 output, 2 seeds, 200 tokens at most
     assert (agg.jobs, agg.tokens_max) == (2, 2 * 40 * 200)
+    # in 3 shards: problems 0, 3, 6, 9 | 1, 4, 7 | 2, 5, 8; the same work in all
+    config = hand_made()
+    config["evaluation"]["aggregate_shards"] = 3
+    sharded = rows_of(config)["aggregate_sets"]
+    assert (sharded.jobs, sharded.tokens_max) == (2 * 3, agg.tokens_max)
+    assert sharded.hours == pytest.approx(agg.hours)
+    assert sharded.hours_per_job == pytest.approx(agg.hours_per_job * 4 / 10)
     totals = budget.totals(list(rows.values()))
     assert totals["GPU"].hours == pytest.approx(pool.hours + bench.hours + train.hours + agg.hours)
 
@@ -91,7 +98,7 @@ def test_outputs_present_are_not_counted_again():
     done = {
         f"{out}/samples/train_pool/seed{seed}/shard0.parquet",
         f"{out}/samples/train_pool/seed{seed}/shard3.parquet",
-        f"{out}/train/plain/adapter",
+        f"{out}/train/plain/seed0/adapter",
     }
     rows = rows_of(config, done=done.__contains__)
     pool = rows["sample_shard (train_pool)"]
@@ -104,7 +111,7 @@ def test_outputs_present_are_not_counted_again():
 def test_plan_command_counts_only_what_is_left(tmp_path, capsys):
     config = hand_made()
     (tmp_path / "hand.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "results/hand/train/confidence/adapter").mkdir(parents=True)
+    (tmp_path / "results/hand/train/confidence/seed0/adapter").mkdir(parents=True)
     (tmp_path / "results/hand/data").mkdir(parents=True)
     # a prepared pool of 8 problems: counted from its file, not from the config's n
     (tmp_path / "results/hand/data/train_pool.jsonl").write_text('{"id": 1}\n' * 8)

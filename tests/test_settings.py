@@ -66,7 +66,7 @@ def _wildcards(config: dict, rule: str) -> list[dict]:
             for v in config["training"]["variants"]
             for s in config["training"]["seeds"]
         ],
-        "aggregate_sets": [{"benchmark": benchmark, "seed": str(seed)}],
+        "aggregate_sets": [{"benchmark": benchmark, "seed": str(seed), "shard": "0"}],
         "evaluate_seed": [{"benchmark": benchmark, "seed": str(seed)}],
         "report_benchmark": [{"benchmark": benchmark}],
     }[rule]
@@ -102,7 +102,7 @@ def test_a_variant_decides_whether_its_prompt_shows_confidences():
             train.Settings, for_rule(config, "train_aggregator", variant=variant)
         )
         assert settings.aggregator.prompt["confidence"]["enabled"] is spec["confidence"]
-    agg = for_rule(config, "aggregate_sets", benchmark="aime24", seed="0")
+    agg = for_rule(config, "aggregate_sets", benchmark="aime24", seed="0", shard="0")
     assert [v["prompt"]["confidence"]["enabled"] for v in agg["variants"]] == [
         v["confidence"] for v in config["evaluation"]["aggregators"]
     ]
@@ -118,7 +118,7 @@ def test_grading_reaches_grading_the_aggregators_and_the_reward():
     )
     reading = {"extraction": "math_verify", "think_end": "<|/reason|>", "require_think_end": False}
     assert for_rule(config, "grade_shard", dataset=POOL) == {"timeout": 2.5, "reading": reading}
-    agg = for_rule(config, "aggregate_sets", benchmark="aime24", seed="0")
+    agg = for_rule(config, "aggregate_sets", benchmark="aime24", seed="0", shard="0")
     assert (agg["verify_timeout"], agg["reading"]) == (2.5, reading)
     tr = for_rule(config, "train_aggregator", variant="confidence")
     assert (tr["verify_timeout"], tr["reading"]) == (2.5, reading)
@@ -150,7 +150,8 @@ def test_a_variant_sets_its_control_metric_and_scale():
          "metric": "tail", "scale": "raw"},
     ]  # fmt: skip
     agg = from_mapping(
-        aggregate.Settings, for_rule(config, "aggregate_sets", benchmark="aime24", seed="0")
+        aggregate.Settings,
+        for_rule(config, "aggregate_sets", benchmark="aime24", seed="0", shard="0"),
     )
     shared = config["aggregator"]["prompt"]["confidence"]
     a, b = agg.variants

@@ -75,6 +75,8 @@ def tiny_config(model, **overrides) -> dict:
             "ks": [1, 2, 4],
             # 4 samples: 2 sets of 2 and 1 of 4 per problem
             "set_sizes": [2, 4],
+            # two aggregation jobs (problems 0, 2 and 1), merged: the cluster's shape
+            "aggregate_shards": 2,
             "aggregator_sampling": {"max_tokens": 16, "temperature": 1.0},
             "aggregators": AGGREGATORS,
             "deepconf_online": {"warmup": 2},  # online at k = 4

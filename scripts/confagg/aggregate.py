@@ -37,7 +37,7 @@ from confagg.methods import disjoint_sets
 from confagg.problems import read_problems
 from confagg.seeds import derive_seed
 from confagg.settings import load, run_key
-from confagg.tables import AGG_OUTPUTS, TableWriter
+from confagg.tables import AGG_OUTPUTS, TableWriter, iter_batches
 
 # Sets are read, prompted, generated, graded and written a batch of whole problems at a time,
 # about this many completions (sets x r, over every set size) per batch, so memory holds one
@@ -63,6 +63,8 @@ class Settings:
     """What the rule aggregate_sets passes (``confagg.settings.for_rule``)."""
 
     set_sizes: tuple[int, ...]  # m of every set (evaluation.set_sizes)
+    shard: int  # this job's shard of the problems (the rule's wildcard)
+    shards: int  # evaluation.aggregate_shards: problem j of the benchmark file is in shard j % n
     variants: tuple[Variant, ...]
     train_seeds: tuple[int, ...]  # training.seeds: a trained variant runs once per seed
     # vllm.SamplingParams keywords: evaluation.aggregator_sampling, n = outputs_per_set
@@ -278,7 +280,36 @@ def run_variants(
         del llm
 
 
+def shard_problems(problems: Mapping[str, dict], shard: int, shards: int) -> dict[str, dict]:
+    """The problems of one aggregation job: problem ``j`` of the benchmark file (in its order)
+    belongs to shard ``j % shards``, so shards are disjoint, cover every problem and are about
+    equal in size."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard}: expected 0 <= shard < {shards} (aggregate_shards)")
+    return {pid: p for j, (pid, p) in enumerate(problems.items()) if j % shards == shard}
+
+
+def merge_shards(shards: Sequence[str | Path], out: str | Path) -> int:
+    """The aggregation jobs' tables as one table of a benchmark x seed (streamed row group by
+    row group, written atomically); returns its rows."""
+    with TableWriter(out, AGG_OUTPUTS) as writer:
+        for path in shards:
+            for batch in iter_batches(path, AGG_OUTPUTS):
+                writer.write(batch)
+    return writer.rows
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["merge"]:  # python -m confagg.aggregate merge OUT SHARD...
+        merge = argparse.ArgumentParser(description="the shards' tables as one table")
+        merge.add_argument("out")
+        merge.add_argument("shards", nargs="+")
+        args = merge.parse_args(argv[1:])
+        rows = merge_shards(args.shards, args.out)
+        print(f"wrote {rows} aggregator outputs to {args.out}", file=sys.stderr)
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", required=True)
     ap.add_argument("--samples", nargs="+", required=True)
@@ -303,7 +334,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--trained takes RUN=PATH, got {bad}")
     trained = dict(t.split("=", 1) for t in args.trained)
     problems = {p["id"]: p for p in read_problems(args.problems)}
+    problems = shard_problems(problems, settings.shard, settings.shards)
     candidates = load_candidates(args.samples, args.scores, args.grades)
+    candidates = candidates[candidates["problem_id"].isin(problems.keys())].reset_index(drop=True)
     with TableWriter(args.out, AGG_OUTPUTS) as writer:
         run_variants(
             args.model,

@@ -13,6 +13,7 @@ Qwen3-1.7B on one H100-class GPU; measure yours and set them. ``confagg.plan`` p
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -196,9 +197,9 @@ def plan(config: Mapping, inputs: Inputs) -> list[Row]:
         each_expected / gen_rate + rollouts * (prompt + share * completion) / train_rate
     ) / 3600
     train.hours_per_job = each_device_hours / max(gpus, 1)
-    for variant in t["variants"]:
+    for variant, seed in itertools.product(t["variants"], t["seeds"]):
         train.jobs_total += 1
-        if inputs.done(f"{out}/train/{variant}/adapter"):
+        if inputs.done(f"{out}/train/{variant}/seed{seed}/adapter"):
             continue
         train.jobs += 1
         train.tokens_max += rollouts * completion
@@ -213,28 +214,37 @@ def plan(config: Mapping, inputs: Inputs) -> list[Row]:
     ev = config["evaluation"]
     agg_max = ev["aggregator_sampling"]["max_tokens"]
     agg_mean = share * agg_max
-    outputs_per_problem = (
-        (ev["samples_per_problem"] // ev["set_size"])
-        * len(ev["aggregators"])
-        * ev["outputs_per_set"]
-    )
+    # every variant runs once, a trained one once per training seed, at every set size
+    runs = sum(len(t["seeds"]) if v["trained"] else 1 for v in ev["aggregators"])
+    sets_per_problem = sum(ev["samples_per_problem"] // m for m in ev["set_sizes"])
+    outputs_per_problem = sets_per_problem * runs * ev["outputs_per_set"]
+    shards = ev["aggregate_shards"]
     aggregate = Row("aggregate_sets", 0, 0, p["device"], 1, runtime_h=runtime("aggregate_sets"))
     evaluate = Row("evaluate_seed", 0, 0, "CPU")
     for benchmark in config["benchmarks"]:
         problems = inputs.problems.get(benchmark) or 0
-        texts = problems * outputs_per_problem
-        hours = (texts * agg_mean + texts * (agg_prompt or 0) / PREFILL_SPEEDUP) / gen_rate / 3600
-        aggregate.hours_per_job = max(aggregate.hours_per_job, hours)
-        for seed in ev["seeds"]:
-            aggregate.jobs_total += 1
-            evaluate.jobs_total += 1
-            base = f"{out}/eval/{benchmark}/seed{seed}"
-            if not inputs.done(f"{base}/aggregators.parquet"):
+        for shard in range(shards):
+            # problem j is in shard j % shards
+            texts = len(range(shard, problems, shards)) * outputs_per_problem
+            hours = (
+                (texts * agg_mean + texts * (agg_prompt or 0) / PREFILL_SPEEDUP) / gen_rate / 3600
+            )
+            aggregate.hours_per_job = max(aggregate.hours_per_job, hours)
+            for seed in ev["seeds"]:
+                aggregate.jobs_total += 1
+                base = f"{out}/eval/{benchmark}/seed{seed}"
+                if inputs.done(f"{base}/aggregators.parquet") or inputs.done(
+                    f"{base}/aggregators/shard{shard}.parquet"
+                ):
+                    continue
                 aggregate.jobs += 1
                 aggregate.tokens_max += texts * agg_max
                 aggregate.tokens_expected += int(texts * agg_mean)
                 aggregate.hours += hours
                 aggregate.disk_bytes += texts * agg_mean * TEXT_BYTES_PER_TOKEN
+        for seed in ev["seeds"]:
+            evaluate.jobs_total += 1
+            base = f"{out}/eval/{benchmark}/seed{seed}"
             if not inputs.done(f"{base}/metrics.json"):
                 evaluate.jobs += 1
     rows += [aggregate, evaluate]

@@ -527,9 +527,13 @@ def check_budget(
                 f"plan.generation_tokens_per_s if measured faster"
             )
         else:
+            shards = config["evaluation"]["aggregate_shards"]
+            need = math.ceil(shards * row.hours_per_job / allowed)
             way = (
-                f"a longer runtime (set-resources: {row.rule.split(' ')[0]}: runtime) or "
-                f"fewer evaluation.aggregators / evaluation.aggregator_sampling.max_tokens"
+                f"set evaluation.aggregate_shards to {need} or more (now {shards}), a longer "
+                f"runtime (set-resources: {row.rule.split(' ')[0]}: runtime), or fewer "
+                f"evaluation.aggregators / set_sizes / outputs_per_set / "
+                f"aggregator_sampling.max_tokens"
             )
         problems.append(
             f"{row.rule}: its largest job expects {row.hours_per_job:.1f} h of work (plan."

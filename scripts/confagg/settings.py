@@ -246,12 +246,14 @@ def _train_aggregator(config: Mapping, variant: str, **_) -> dict:
     }
 
 
-def _aggregate_sets(config: Mapping, benchmark: str, seed: str | int) -> dict:
+def _aggregate_sets(config: Mapping, benchmark: str, seed: str | int, shard: str | int) -> dict:
     from confagg.seeds import derive_seed
 
     ev = config["evaluation"]
     return {
         "set_sizes": ev["set_sizes"],
+        "shard": int(shard),
+        "shards": ev["aggregate_shards"],
         "variants": [_variant(config, v) for v in ev["aggregators"]],
         "train_seeds": config["training"]["seeds"],
         "sampling": dict(ev["aggregator_sampling"], n=ev["outputs_per_set"]),

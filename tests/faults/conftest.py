@@ -37,6 +37,7 @@ RULE_ORDER = [
     "train_aggregator",
     "merge_adapter",
     "aggregate_sets",
+    "merge_aggregators",
     "evaluate_seed",
     "report_training",
     "report_benchmark",

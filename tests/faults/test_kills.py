@@ -40,7 +40,8 @@ KEYS = {
     "candidates.parquet": ["problem_id", "sample_idx"],
     "train.parquet": ["set_id"],
     "val.parquet": ["set_id"],
-    "aggregators.parquet": ["method", "problem_id", "set_idx", "output_idx"],
+    "aggregators.parquet": ["method", "train_seed", "problem_id", "k", "set_idx", "output_idx"],
+    "aggregators": ["method", "train_seed", "problem_id", "k", "set_idx", "output_idx"],  # shards
 }
 
 

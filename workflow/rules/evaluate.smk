@@ -6,7 +6,8 @@
 
 rule aggregate_sets:
     """Every aggregator variant (a trained one once per training seed) on the disjoint candidate
-    sets of every set size of one benchmark x seed."""
+    sets of every set size of one shard of a benchmark x seed's problems
+    (evaluation.aggregate_shards)."""
     input:
         problems=f"{OUT}/data/{{benchmark}}.jsonl",
         samples=eval_shards("samples"),
@@ -15,11 +16,11 @@ rule aggregate_sets:
         model=model_dir("aggregator"),
         trained=list(trained_aggregators().values()),
     output:
-        f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
+        f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators/shard{{shard}}.parquet",
     log:
-        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.log",
+        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}/shard{{shard}}.log",
     benchmark:
-        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}.benchmark.tsv"
+        f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}/shard{{shard}}.benchmark.tsv"
     conda:
         "../../envs/vllm.yaml"
     threads: 8
@@ -38,6 +39,27 @@ rule aggregate_sets:
         " --samples {input.samples} --scores {input.scores} --grades {input.grades}"
         " --model {input.model:q} {params.trained} --settings {params.settings:q}"
         " --processes {threads} {output} > {log} 2>&1"
+
+
+rule merge_aggregators:
+    """The aggregation jobs' tables of one benchmark x seed as one table."""
+    input:
+        lambda wc: expand(
+            f"{OUT}/eval/{wc.benchmark}/seed{wc.seed}/aggregators/shard{{shard}}.parquet",
+            shard=range(config["evaluation"]["aggregate_shards"]),
+        ),
+    output:
+        f"{OUT}/eval/{{benchmark}}/seed{{seed}}/aggregators.parquet",
+    log:
+        f"{LOGS}/merge_aggregators/{{benchmark}}/seed{{seed}}.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=2000,  # one row group at a time
+        runtime=lambda wc, input: 10 + int(input.size_mb / 200),
+    shell:
+        "python -m confagg.aggregate merge {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule evaluate_seed:
