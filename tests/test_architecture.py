@@ -33,6 +33,7 @@ SHARED = {
     "engine",
     "files",
     "fingerprints",
+    "orchestrator",
     "problems",
     "provenance",
     "settings",

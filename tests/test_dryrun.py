@@ -2,9 +2,8 @@
 
 import re
 import subprocess
-import sys
 
-from conftest import REPO, snakemake
+from conftest import REPO, SNAKEMAKE_BIN, snakemake
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -13,7 +12,8 @@ def _job_counts(stdout: str) -> dict[str, int]:
 
 
 def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
-    # snakemake in-process, so that sys.modules shows what the dry-run imported
+    # snakemake in-process (in its own environment), so that sys.modules shows what the dry-run
+    # imported
     code = (
         "import sys\n"
         "from snakemake.cli import main\n"
@@ -25,7 +25,7 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
         "print('HEAVY', heavy)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code],
+        [str(SNAKEMAKE_BIN / "python"), "-c", code],
         cwd=workdir,
         check=False,
         capture_output=True,
