@@ -63,3 +63,14 @@ def test_jobs_bin_is_the_jobs_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(orchestrator.JOBS_ENV_VAR, str(tmp_path))
     with pytest.raises(orchestrator.OrchestratorError, match=f"CONFAGG_JOBS_ENV={tmp_path}: no"):
         orchestrator.jobs_bin(REPO / "workflow")
+
+
+def test_start_checks_read_the_jobs_trl(workdir):
+    """A training key that is neither the workflow's nor a field of GRPOConfig stops the run at
+    start, although Snakemake's environment has no TRL: the check reads the jobs' TRL."""
+    (workdir / "typo.yaml").write_text("training:\n  learnig_rate: 1.0e-5\n")
+    proc = snakemake("-n", "--configfile", "typo.yaml", cwd=workdir, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "training.learnig_rate: unknown key: neither a key of this workflow nor" in out
+    assert "TRL 1.16" in out, out[-3000:]
