@@ -74,3 +74,22 @@ def test_start_checks_read_the_jobs_trl(workdir):
     assert proc.returncode != 0
     assert "training.learnig_rate: unknown key: neither a key of this workflow nor" in out
     assert "TRL 1.16" in out, out[-3000:]
+
+
+def test_plugin_reads_a_cancelled_job_as_cancelled():
+    """The plugin's own status query, on sacct's lines for a job a user cancelled: its state
+    alone is no state the plugin knows; the workflow's wrapping reads it as CANCELLED, one of
+    the plugin's failed states (the real scancel: tests/test_slurm_cancel.py)."""
+    code = (
+        "import asyncio, logging\n"
+        "import snakemake_executor_plugin_slurm as p\n"
+        "from confagg import orchestrator\n"
+        "cmd = \"printf '7|CANCELLED by 0\\\\n8|RUNNING\\\\n'\"\n"
+        "log = logging.getLogger()\n"
+        "print(asyncio.run(p.query_job_status(cmd, log))[0])\n"
+        "assert orchestrator.read_cancelled_slurm_jobs_as_failed()\n"
+        "print(asyncio.run(p.query_job_status(cmd, log))[0])\n"
+    )
+    before, after = _python(code).splitlines()
+    assert before == "{'7': 'CANCELLED by 0', '8': 'RUNNING'}"
+    assert after == "{'7': 'CANCELLED', '8': 'RUNNING'}"
