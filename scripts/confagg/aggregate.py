@@ -127,9 +127,12 @@ def _engine_plan(
     return [(model, list(variants), bool(runs))]  # the adapters applied per request
 
 
-def _variant_rows(llm, variant, sets, problems, settings, params, loras, rows) -> None:
+def _variant_rows(llm, variant, sets, problems, settings, loras, rows) -> None:
     """Generate one variant's completions for every set and append them to ``rows``."""
+    from vllm import SamplingParams
+
     from confagg.aggregator_prompt import render_prompt
+    from confagg.seeds import derive_seed
 
     tokenizer = llm.get_tokenizer()
     rendered = [
@@ -142,9 +145,15 @@ def _variant_rows(llm, variant, sets, problems, settings, params, loras, rows) -
         )
         for pid, _, cands in sets
     ]
+    # each set its own seed (vLLM: output i gets seed + i): the outputs do not depend on how the
+    # engine batches requests, which differs from run to run when its core is another process
+    seeded = [
+        SamplingParams(**settings.sampling, seed=derive_seed(settings.seed, variant.name, pid, j))
+        for pid, j, _ in sets
+    ]
     outputs = llm.generate(
         [r.text for r in rendered],
-        params,
+        seeded,
         use_tqdm=False,
         lora_request=loras.get(variant.trained),
     )
@@ -200,7 +209,7 @@ def run_variants(
 
     from confagg.engine import make_engine, release_engine
 
-    params = SamplingParams(**settings.sampling)
+    params = SamplingParams(**settings.sampling)  # checked here, seeded per set
     plan = _engine_plan(model, trained, settings.variants, settings.trained_model)
     batches = problem_batches(candidates)
     for engine_model, group, with_lora in plan:
@@ -219,7 +228,7 @@ def run_variants(
             sets = candidate_sets(candidates, positions, texts, settings.set_size)
             rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
             for variant in group:
-                _variant_rows(llm, variant, sets, problems, settings, params, loras, rows)
+                _variant_rows(llm, variant, sets, problems, settings, loras, rows)
             grade_outputs(rows, problems, settings, processes)
             writer.write(pa.table(rows, schema=AGG_OUTPUTS))
             names = ", ".join(v.name for v in group)
