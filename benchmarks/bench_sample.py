@@ -13,10 +13,18 @@ both), each against a baseline measured in the same run, on the same engine:
     a run minus RSS before it, for a quarter of the run and for the whole: the slope between
     the two is what grows with the tokens), stage vs one chunk of the chunked stage. Target: at
     most 64 bytes per token (the brief measured ~2.9 KiB for the old stage).
-(d) a check: the stage's texts and confidences equal ``LLM.generate``'s (with logprobs, same
-    RNG state, every problem in flight), sample for sample.
+(d) a check: the stage's texts and confidences equal ``LLM.generate``'s (with logprobs and the
+    problems' seeds, the stage with half the problems in flight: other batches), sample for
+    sample.
+(e) what the per-request seeds cost (each request draws from its own generator): the stage
+    with them vs the stage with ``seed=None`` (the engine's one generator).
+
+Every baseline gets the stage's per-problem seeds. The engine runs in-process unless
+``VLLM_ENABLE_V1_MULTIPROCESSING=1`` is set, which puts its core in its own process as on a GPU
+(the check (d) holds in both modes):
 
     .venv/bin/python benchmarks/bench_sample.py [--smollm2 DIR] [--quick]
+    VLLM_ENABLE_V1_MULTIPROCESSING=1 .venv/bin/python benchmarks/bench_sample.py --parts d
 
 SmolLM2 comes from ``python -m confagg.models smollm2 DIR`` (converted there when DIR lacks it).
 """
@@ -205,6 +213,20 @@ def compare(runs_a, runs_b, reps: int = 2):
     return best(a), best(b)
 
 
+def seeded(params, problems) -> list:
+    """``params`` (one, or one per problem) with each problem's seed, as the stage gives them
+    (``sample_shard(..., seed=0)``: derived from 0 and the problem id)."""
+    from confagg.seeds import derive_seed
+
+    params = params if isinstance(params, list) else [params] * len(problems)
+    out = []
+    for q, one in zip(problems, params, strict=True):
+        copy = one.clone()
+        copy.seed = derive_seed(0, q["id"])
+        out.append(copy)
+    return out
+
+
 def prompts_of(llm, problems) -> list[str]:
     from confagg.prompts import render, solver_messages
 
@@ -213,8 +235,6 @@ def prompts_of(llm, problems) -> list[str]:
 
 
 def bench_model(name: str, model: Path, sizes: dict, out_dir: Path, parts: str) -> None:
-    import torch
-
     from confagg.confidence import token_confidence
     from confagg.engine import make_engine, release_engine, sampling_params
     from confagg.problems import demo_problems
@@ -230,6 +250,7 @@ def bench_model(name: str, model: Path, sizes: dict, out_dir: Path, parts: str) 
         prompts = prompts_of(llm, problems)
         settings = settings_for(n, t, in_flight=p)
         bare_params = sampling_params(dataclasses.asdict(settings.sampling), logprobs=None)
+        bare_params = seeded(bare_params, problems)
         llm.generate(prompts[:2], bare_params, use_tqdm=False)  # warm-up
         bare, stage = compare(
             lambda: run_generate(llm, prompts, bare_params),
@@ -257,7 +278,7 @@ def bench_model(name: str, model: Path, sizes: dict, out_dir: Path, parts: str) 
 
         index = {q["id"]: i for i, q in enumerate(problems)}
         s = dataclasses.asdict(settings.sampling)
-        chunk_params = [sampling_params(s, **lengths(i)) for i in range(p)]
+        chunk_params = seeded([sampling_params(s, **lengths(i)) for i in range(p)], problems)
         old, new = compare(
             lambda: run_chunked(llm, prompts, chunk_params, chunk),
             lambda: run_stage(
@@ -273,20 +294,17 @@ def bench_model(name: str, model: Path, sizes: dict, out_dir: Path, parts: str) 
             flush=True,
         )
 
-    if "d" in parts:  # the stage's rows are generate's, sample for sample (same RNG state)
+    if "d" in parts:  # the stage's rows are generate's, sample for sample (the same seeds)
         p, n, t = sizes["d"]
         problems = demo_problems(p, seed=13)
-        settings = settings_for(n, t, in_flight=p)
+        settings = settings_for(n, t, in_flight=max(p // 2, 1))  # not generate's batches
         out = out_dir / f"check-{name}.parquet"
-        llm.reset_prefix_cache()
-        torch.manual_seed(5)
         sample_shard(problems, out, model, 0, settings, lambda m: None, llm)
         table = read_table(out, SAMPLES)
-        llm.reset_prefix_cache()
-        torch.manual_seed(5)
-        params = sampling_params(dataclasses.asdict(settings.sampling))
+        params = seeded(sampling_params(dataclasses.asdict(settings.sampling)), problems)
         outs = llm.generate(prompts_of(llm, problems), params, use_tqdm=False)
         comps = [c for o in outs for c in o.outputs]
+        core = type(llm.llm_engine.engine_core).__name__  # InprocClient or SyncMPClient
         texts = table.column("text").to_pylist()
         confs = table.column("token_confidence").to_pylist()
         same_text = sum(a == c.text for a, c in zip(texts, comps, strict=True))
@@ -297,8 +315,23 @@ def bench_model(name: str, model: Path, sizes: dict, out_dir: Path, parts: str) 
             for a, c in zip(confs, comps, strict=True)
         )
         print(
-            f"[{name}] (d) {len(comps)} samples: texts equal to LLM.generate's {same_text}, "
-            f"confidences equal {same_conf}",
+            f"[{name}] (d) {len(comps)} samples, engine core client {core}: texts equal to "
+            f"LLM.generate's {same_text}, confidences equal {same_conf}",
+            flush=True,
+        )
+
+    if "e" in parts:  # per-request seeds vs the engine's one generator, the same stage run
+        p, n, t = sizes["a"]
+        problems = demo_problems(p, seed=11)
+        settings = settings_for(n, t, in_flight=p)
+        plain, own = compare(
+            lambda: run_stage(llm, model, problems, settings, out_dir, lambda q: {"seed": None}),
+            lambda: run_stage(llm, model, problems, settings, out_dir),
+        )
+        print(
+            f"[{name}] (e) {p} problems x n={n} x <= {t} tokens: stage without seeds "
+            f"{plain[0]:7.0f} tok/s, with the problems' seeds {own[0]:7.0f} tok/s: "
+            f"{plain[0] / own[0]:.2f}x slower by wall time, {plain[1] / own[1]:.2f}x by CPU time",
             flush=True,
         )
 
@@ -340,7 +373,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smollm2", type=Path, default=REPO / "resources/models/smollm2-135m-instruct")
     ap.add_argument("--quick", action="store_true", help="smaller workloads for (a) and (b)")
-    ap.add_argument("--parts", default="abcd", help="which of (a) (b) (c) (d) to run")
+    ap.add_argument("--parts", default="abcde", help="which of (a) (b) (c) (d) (e) to run")
     ap.add_argument("--models", default="tiny,smollm2", help="tiny, smollm2 or both")
     ap.add_argument(
         "--memory-run",

@@ -12,16 +12,31 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-BIN = Path(sys.executable).parent  # the venv's bin: snakemake, python, accelerate
+BIN = Path(sys.executable).parent  # the jobs' environment (these tests run in it): python
+# Snakemake's own environment (setup.sh), without torch or vLLM; a checkout set up before there
+# were two has Snakemake in the jobs' environment only
+SNAKEMAKE_ENV = REPO / ".venv-snakemake"
+SNAKEMAKE_BIN = SNAKEMAKE_ENV / "bin" if (SNAKEMAKE_ENV / "bin/snakemake").exists() else BIN
+
+
+def workflow_env(env: dict | None = None) -> dict[str, str]:
+    """The environment Snakemake runs in: its rules' jobs run in this interpreter's
+    environment (confagg.orchestrator.jobs_bin)."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "CONFAGG_JOBS_ENV": sys.prefix,
+        **(env or {}),
+    }
 
 
 def snakemake(
     *args: str, cwd: Path = REPO, timeout: int = 1200, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run the repository's workflow with this interpreter's snakemake."""
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    """Run the repository's workflow with Snakemake's environment, the jobs in this one."""
+    full_env = workflow_env(env)
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), *args],
+        [str(SNAKEMAKE_BIN / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), *args],
         cwd=cwd,
         env=full_env,
         check=False,

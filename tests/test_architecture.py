@@ -37,6 +37,7 @@ SHARED = {
     "engine",
     "files",
     "fingerprints",
+    "orchestrator",
     "problems",
     "provenance",
     "settings",

@@ -4,11 +4,10 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 
 import yaml
 
-from conftest import REPO, snakemake
+from conftest import REPO, SNAKEMAKE_BIN, snakemake
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -17,7 +16,8 @@ def _job_counts(stdout: str) -> dict[str, int]:
 
 
 def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
-    # snakemake in-process, so that sys.modules shows what the dry-run imported
+    # snakemake in-process (in its own environment), so that sys.modules shows what the dry-run
+    # imported
     code = (
         "import sys\n"
         "from snakemake.cli import main\n"
@@ -29,7 +29,7 @@ def test_full_scale_dry_run_lists_every_shard_and_imports_no_torch(workdir):
         "print('HEAVY', heavy)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code],
+        [str(SNAKEMAKE_BIN / "python"), "-c", code],
         cwd=workdir,
         check=False,
         capture_output=True,

@@ -27,6 +27,7 @@ from confagg.parts import PartError, Parts, parts_dir
 from confagg.problems import demo_problems, write_problems
 from confagg.prompts import render, solver_messages
 from confagg.sample import SampleSettings, fingerprint, sample_shard
+from confagg.seeds import derive_seed
 from confagg.settings import from_mapping
 from confagg.streaming import StreamingSampler
 from confagg.tables import SAMPLES, read_table, row_nbytes
@@ -117,19 +118,16 @@ def stop_at(n_admitted: int):
 
 
 def test_same_texts_and_confidences_as_generate(llm, tiny_model, tmp_path):
-    """With every problem in flight at once, the stage's engine batch is generate's: with the
-    same RNG state the samples are the same, so texts (decoded once from token ids) and
-    confidences (taken inside the engine) must equal what LLM.generate returns; so must the
-    confidences read from vLLM's own logprob outputs (capture_in_engine=False)."""
-    import torch
-
+    """Each problem's request carries its own seed (derived from the shard's seed and the
+    problem), so LLM.generate given the same seeds samples the same: texts (decoded once from
+    token ids) and confidences (taken inside the engine) must equal what it returns; so must
+    the confidences read from vLLM's own logprob outputs (capture_in_engine=False)."""
     problems = demo_problems(4, seed=9)
     settings = make_settings(n=3, max_tokens=200, in_flight=4)
     tables = []
     for capture in (True, False):
         out = tmp_path / f"capture-{capture}.parquet"
         llm.reset_prefix_cache()  # every run computes its prompts afresh
-        torch.manual_seed(11)
         sample_shard(
             problems, out, str(tiny_model), 0, settings, quiet, llm, capture_in_engine=capture
         )
@@ -139,10 +137,9 @@ def test_same_texts_and_confidences_as_generate(llm, tiny_model, tmp_path):
     tokenizer = llm.get_tokenizer()
     prompts = [render(tokenizer, solver_messages(p["problem"], PROMPT), {}) for p in problems]
     llm.reset_prefix_cache()
-    torch.manual_seed(11)
-    outs = llm.generate(
-        prompts, sampling_params(dataclasses.asdict(settings.sampling)), use_tqdm=False
-    )
+    base = dataclasses.asdict(settings.sampling)
+    params = [sampling_params(base, seed=derive_seed(0, p["id"])) for p in problems]
+    outs = llm.generate(prompts, params, use_tqdm=False)
     table = tables[0]
     comps = [c for o in outs for c in o.outputs]
     assert table.column("problem_id").to_pylist() == [p["id"] for p in problems for _ in range(3)]

@@ -29,7 +29,9 @@ from test_workflow import tiny_config
 from confagg.parts import parts_dir
 from confagg.problems import demo_problems
 from confagg.tables import SAMPLES, read_table
-from conftest import BIN, REPO, snakemake
+from conftest import REPO, SNAKEMAKE_BIN, snakemake, workflow_env
+
+SNAKEMAKE = str(SNAKEMAKE_BIN / "snakemake")
 
 pytestmark = pytest.mark.integration
 
@@ -136,12 +138,11 @@ class SnakemakeRun:
     def __init__(self, workdir: Path, prefix: str, *args: str):
         self.workdir, self.prefix = workdir, prefix
         self.out = workdir / "snakemake.out"
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         with open(self.out, "w") as out:
             self.proc = subprocess.Popen(
-                [str(BIN / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), *args],
+                [SNAKEMAKE, "--snakefile", str(REPO / "workflow/Snakefile"), *args],
                 cwd=workdir,
-                env=env,
+                env=workflow_env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -5,11 +5,11 @@
 # (~/.config/snakemake on Linux). Never replaces a profile already there (only a broken link):
 # when `slurm` is taken, the link is named `confagg-slurm`. Says which name it linked; running it
 # again changes nothing.
-#   bash tools/link_slurm_profile.sh [PYTHON]    (setup.sh runs it with .venv/bin/python)
+#   bash tools/link_slurm_profile.sh [PYTHON]    (setup.sh runs it with Snakemake's python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${1:-.venv/bin/python}
+PYTHON=${1:-.venv-snakemake/bin/python}
 source_dir="$(pwd -P)/profiles/slurm"
 # the folder Snakemake itself searches (snakemake.cli.get_profile_dir), for this user and OS
 folder=$("$PYTHON" -c 'from snakemake.common import get_appdirs; print(get_appdirs().user_config_dir)')

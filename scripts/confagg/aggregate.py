@@ -174,9 +174,12 @@ def _engine_plan(
     return [(model, list(runs), bool(keys))]  # the adapters applied per request
 
 
-def _run_rows(llm, run, sets, problems, settings, params, loras, rows) -> None:
+def _run_rows(llm, run, sets, problems, settings, loras, rows) -> None:
     """Generate one run's completions for every set and append them to ``rows``."""
+    from vllm import SamplingParams
+
     from confagg.aggregator_prompt import render_prompt
+    from confagg.seeds import derive_seed
 
     variant, train_seed = run
     tokenizer = llm.get_tokenizer()
@@ -190,9 +193,17 @@ def _run_rows(llm, run, sets, problems, settings, params, loras, rows) -> None:
         )
         for pid, m, j, cands in sets
     ]
+    # each set its own seed (vLLM: output i gets seed + i): the outputs do not depend on how the
+    # engine batches requests, which differs from run to run when its core is another process
+    seeded = [
+        SamplingParams(
+            **settings.sampling, seed=derive_seed(settings.seed, variant.name, train_seed, pid, m, j)
+        )
+        for pid, m, j, _ in sets
+    ]
     outputs = llm.generate(
         [r.text for r in rendered],
-        params,
+        seeded,
         use_tqdm=False,
         lora_request=loras.get(_key(run)),
     )
@@ -249,7 +260,7 @@ def run_variants(
 
     from confagg.engine import make_engine, release_engine
 
-    params = SamplingParams(**settings.sampling)
+    params = SamplingParams(**settings.sampling)  # checked here, seeded per set
     runs = variant_runs(settings.variants, settings.train_seeds)
     plan = _engine_plan(model, trained, runs, settings.trained_model)
     per_batch = batch_candidates(settings.set_sizes, params.n)
@@ -270,7 +281,7 @@ def run_variants(
             sets = candidate_sets(candidates, positions, texts, settings.set_sizes)
             rows: dict[str, list] = {n: [] for n in AGG_OUTPUTS.names}
             for run in group:
-                _run_rows(llm, run, sets, problems, settings, params, loras, rows)
+                _run_rows(llm, run, sets, problems, settings, loras, rows)
             grade_outputs(rows, problems, settings, processes)
             writer.write(pa.table(rows, schema=AGG_OUTPUTS))
             names = ", ".join(dict.fromkeys(v.name for v, _ in group))

@@ -9,8 +9,12 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import math
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -169,12 +173,11 @@ def grpo_config_fields() -> tuple[set[str], str] | None:
     """(every field name of the installed TRL's ``GRPOConfig``, TRL's version), read from the
     sources of ``GRPOConfig``, its base config and transformers' ``TrainingArguments``; None when
     TRL is not installed here (a laptop that only dry-runs)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    trl, tf = importlib.util.find_spec("trl"), importlib.util.find_spec("transformers")
-    if trl is None or tf is None or not trl.origin or not tf.origin:
+    found = _trl_sources()
+    if found is None:
         return None
-    trainer = Path(trl.origin).parent / "trainer"
+    trl_origin, tf_origin, trl_version = found
+    trainer = Path(trl_origin).parent / "trainer"
     fields, bases = _class_fields(trainer / "grpo_config.py", "GRPOConfig")
     chain = {"_BaseConfig": trainer / "base_config.py"}
     while bases:
@@ -183,16 +186,43 @@ def grpo_config_fields() -> tuple[set[str], str] | None:
             more, bases = _class_fields(chain.pop(base), base)
         elif base.endswith("TrainingArguments"):
             more, _ = _class_fields(
-                Path(tf.origin).parent / "training_args.py", "TrainingArguments"
+                Path(tf_origin).parent / "training_args.py", "TrainingArguments"
             )
         else:
             continue
         fields |= more
-    try:
-        trl_version = version("trl")
-    except PackageNotFoundError:
-        trl_version = "?"
     return fields, trl_version
+
+
+_FIND_TRL = """
+import importlib.metadata as m, importlib.util as u, json
+specs = [u.find_spec(n) for n in ("trl", "transformers")]
+ok = all(s is not None and s.origin for s in specs)
+print(json.dumps([specs[0].origin, specs[1].origin, m.version("trl")] if ok else None))
+"""
+
+
+def _trl_sources() -> tuple[str, str, str] | None:
+    """(TRL's ``__init__.py``, transformers', TRL's version) where the training jobs run: here,
+    else in the ``python`` first on PATH, the jobs' environment's when Snakemake runs in its own
+    (confagg.orchestrator; the rules put the jobs' bin folder first before they validate)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    trl, tf = importlib.util.find_spec("trl"), importlib.util.find_spec("transformers")
+    if trl is not None and tf is not None and trl.origin and tf.origin:
+        try:
+            return trl.origin, tf.origin, version("trl")
+        except PackageNotFoundError:
+            return trl.origin, tf.origin, "?"
+    python = shutil.which("python")
+    # (venvs' pythons are links to one interpreter: compare their folders, not their targets)
+    if python is None or Path(python).parent.absolute() == Path(sys.executable).parent.absolute():
+        return None
+    proc = subprocess.run(
+        [python, "-c", _FIND_TRL], capture_output=True, text=True, timeout=120, check=False
+    )
+    found = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
+    return tuple(found) if found else None
 
 
 def check_trl_keys(config: Mapping, schema: Mapping) -> list[str]:

@@ -16,14 +16,22 @@ from contextlib import contextmanager
 
 
 def make_engine(model: str, seed: int, engine_kwargs: Mapping):
-    """A vLLM engine; in-process on CPU (fast start, no ``__main__`` guard needed)."""
+    """A vLLM engine; in-process on CPU (fast start, no ``__main__`` guard needed, and no second
+    process on the cores), unless ``VLLM_ENABLE_V1_MULTIPROCESSING`` says otherwise. Either way
+    it samples alike: the sample and aggregate stages give every request its own seed, and
+    ``seed`` here only seeds what has none (README, "Reproducibility")."""
     import torch
 
+    engine_kwargs = dict(engine_kwargs)
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # A seeded request's generator is rewound when vLLM drops the token sampled after a
+        # prompt only partly prefilled (split across steps), which a CPU generator cannot do
+        # ("CPU Generator does not use offset"): on CPU a prompt is prefilled in one step.
+        engine_kwargs.setdefault("enable_chunked_prefill", False)
     from vllm import LLM
 
-    return LLM(model=model, seed=seed, **dict(engine_kwargs))
+    return LLM(model=model, seed=seed, **engine_kwargs)
 
 
 def release_engine(llm) -> None:

@@ -5,10 +5,14 @@ at a time, confidences taken inside the engine loop) and each finished problem i
 once to a resumable part file; with every problem done the parts are merged into the output
 (``confagg.parts``: a killed run resumes from its parts, a damaged part is named).
 
-Seeding: vLLM is seeded once per engine (``LLM(seed=...)``; a per-request seed with ``n > 1``
-crashes on the CPU build). The seed is derived from (run seed, data set, shard, number of
-problems already finished), so an uninterrupted shard is reproducible, and so is a resumed one
-given the same point of interruption.
+Seeding: every problem's request carries its own seed, derived from (run seed, data set, shard,
+problem id); vLLM gives sample ``i`` of a request that seed + ``i`` (``ParentRequest``), and the
+sampler draws each request's noise from its own generator. So a sample depends on its seed and
+its logits only, not on which other requests share its engine steps: a shard is reproducible
+from its seed in-process and with the engine core in its own process (the default on GPU,
+where requests reach the core process while it steps and batches differ from run to run), and a
+resumed shard is the shard an uninterrupted run writes. On GPU the logits themselves can differ
+in their last bits with the batch (README, "Reproducibility").
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def sample_shard(
     )
 
     if pending:
-        llm = engine or make_engine(model, derive_seed(seed, len(where)), settings.engine)
+        llm = engine or make_engine(model, seed, settings.engine)
         tokenizer = llm.get_tokenizer()
         base = dataclasses.asdict(s)
         # delta outputs every STREAM_INTERVAL tokens: vLLM builds a RequestOutput per sample per
@@ -162,7 +166,9 @@ def sample_shard(
                     solver_messages(p["problem"], settings.prompt),
                     settings.chat_template_kwargs,
                 )
-                yield p["id"], prompt, sampling_params(base, **common, **extra)
+                # the problem's own seed: see the module's docstring
+                fields = {"seed": derive_seed(seed, p["id"]), **common, **extra}
+                yield p["id"], prompt, sampling_params(base, **fields)
 
         sampler = StreamingSampler(
             llm, s.n, s.logprobs, s.max_tokens, settings.problems_in_flight, capture_in_engine

@@ -3,10 +3,10 @@
 
 import copy
 import os
-import sys
 from pathlib import Path
 
 from confagg import config as cfg
+from confagg import orchestrator
 from confagg import settings as rule_settings
 from confagg.config import SMOLLM2, hub_model, hub_slug, model_kind
 from confagg.settings import (
@@ -30,6 +30,16 @@ elif (workflow.remote_exec or workflow.subprocess_exec) and os.environ.get(
     config.clear()
     config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
+# Jobs run `python -m confagg.<stage>` in the jobs' environment (torch, vLLM, TRL), which is not
+# Snakemake's own (setup.sh makes both): its bin folder goes first on PATH. It is
+# $CONFAGG_JOBS_ENV when set, else the checkout's .venv, else the environment running Snakemake.
+# A conda env of a rule still comes first. (Before validation: it reads the jobs' TRL.)
+try:
+    JOBS_BIN = orchestrator.jobs_bin(workflow.basedir)
+except orchestrator.OrchestratorError as e:
+    raise WorkflowError(str(e)) from None
+os.environ.update(PATH=os.pathsep.join([str(JOBS_BIN), os.environ.get("PATH", "")]))
+
 try:
     cfg.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 except cfg.ConfigError as e:
@@ -42,11 +52,10 @@ try:
 except cfg.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-# Jobs run `python -m confagg.<stage>`: make that the interpreter running Snakemake (e.g. the
-# project's .venv, even when it is not activated). A conda env of a rule still comes first.
-os.environ.update(
-    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-)
+# Plugin 2.6-2.8 reads a job cancelled with scancel ("CANCELLED by <uid>" in sacct) as running and
+# waits for it forever: it reads it as CANCELLED, a failed job, instead.
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    orchestrator.read_cancelled_slurm_jobs_as_failed()
 
 OUT = f"results/{config['run_name']}"
 LOGS = f"logs/{config['run_name']}"
