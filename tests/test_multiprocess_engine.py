@@ -143,7 +143,7 @@ def _aggregator_config(tiny_model: Path) -> dict:
     config["generator"]["model"] = str(tiny_model)
     config["generator"]["engine"] = ENGINE
     ev = config["evaluation"]
-    ev.update(samples_per_problem=4, set_size=2, outputs_per_set=2)
+    ev.update(samples_per_problem=4, set_sizes=[2], outputs_per_set=2)
     ev["aggregator_sampling"]["max_tokens"] = 24
     ev["aggregators"] = [
         {"name": "agg_conf", "trained": None, "confidence": True},
@@ -167,7 +167,7 @@ def test_aggregator_runs_agree_across_runs_and_modes(shard_runs, tiny_model, tmp
     grading = ["--problems", str(problems), "--processes", "1", "--settings", grade]
     _run([py, "-m", "confagg.grade", *grading, str(outs[0]), str(grades)], "in-process")
     inputs = ["--samples", str(outs[0]), "--scores", str(scores), "--grades", str(grades)]
-    settings = to_json(for_rule(config, "aggregate_sets", benchmark="demo", seed=0))
+    settings = to_json(for_rule(config, "aggregate_sets", benchmark="demo", seed=0, shard=0))
     inputs += ["--model", str(tiny_model), "--settings", settings]
     texts = {}
     for run, mode in (("mp1", "multiprocess"), ("mp2", "multiprocess"), ("inproc", "in-process")):
