@@ -48,8 +48,8 @@ def test_full_scale_dry_run_with_slurm_profile_without_torch_or_vllm(workdir):
         "-n", "--quiet", "rules", "--profile", str(REPO / "profiles/slurm"), cwd=workdir
     )
     counts = _job_counts(proc.stdout)
-    assert counts["sample_shard"] == 64 + 4 * 3 * 2
-    assert counts["train_aggregator"] == 2
+    assert counts["sample_shard"] == 256 + 4 * 3 * 2
+    assert counts["train_aggregator"] == 2 * 3  # two variants x three training seeds
 
 
 def test_jobs_bin_is_the_jobs_environment(tmp_path, monkeypatch):
