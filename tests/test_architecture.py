@@ -33,6 +33,7 @@ SHARED = {
     "engine",
     "files",
     "fingerprints",
+    "preflight",
     "problems",
     "provenance",
     "settings",

@@ -16,9 +16,13 @@ from contextlib import contextmanager
 
 
 def make_engine(model: str, seed: int, engine_kwargs: Mapping):
-    """A vLLM engine; in-process on CPU (fast start, no ``__main__`` guard needed)."""
+    """A vLLM engine; in-process on CPU (fast start, no ``__main__`` guard needed). The
+    preflight runs first: a job given GPUs on which CUDA does not work stops here, named."""
     import torch
 
+    from confagg import preflight
+
+    preflight.run()
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
