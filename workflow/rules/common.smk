@@ -41,6 +41,8 @@ os.environ.update(
     PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 )
 
+# The GPU jobs' conda environments: envs/<name>.yaml (CUDA 13) or envs/<name>-cu12.yaml
+CUDA_ENV = "-cu12" if config.get("cuda") == 12 else ""
 OUT = f"results/{config['run_name']}"
 LOGS = f"logs/{config['run_name']}"
 BENCHMARKS = list(config["benchmarks"])
