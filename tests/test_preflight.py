@@ -142,3 +142,14 @@ def test_rendezvous_ports_differ_between_jobs_and_fall_back_to_a_free_one():
     first, second = port(SLURM_JOB_ID="81234"), port(SLURM_JOB_ID="81235")
     assert first != second and all(1024 < p < 32768 for p in (first, second))
     assert port() == 0
+
+
+def test_the_gpu_smoke_script_stops_at_once_without_cuda(tmp_path):
+    """benchmarks/gpu_smoke.py on this CPU machine: exit 2 with a clear message, nothing run."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_smoke.py"), "--work", str(tmp_path / "w")],
+        env=_stage_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "gpu_smoke.py needs a CUDA GPU" in proc.stderr
+    assert not (tmp_path / "w").exists()
