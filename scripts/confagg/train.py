@@ -414,12 +414,15 @@ def first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, prompts, stop_callbacks):
-    """The GRPOTrainer over the training (and validation) ``prompts`` (:func:`load_data`)."""
+def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callbacks, prompts=None):
+    """The GRPOTrainer over the training (and validation) ``prompts`` (:func:`load_data`; loaded
+    here when not given), and the training prompts."""
     from peft import LoraConfig
-    from transformers import PrinterCallback
+    from transformers import AutoTokenizer, PrinterCallback
     from trl import GRPOTrainer
 
+    if prompts is None:
+        prompts = load_data(s, args, AutoTokenizer.from_pretrained(args.model), out)
     data, eval_data = prompts
     log(f"training: {data.describe(args.train)}")
 
@@ -443,7 +446,7 @@ def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, prompts, st
         callbacks=list(stop_callbacks),
     )
     trainer.remove_callback(PrinterCallback)  # JsonlLog prints one line per step instead
-    return trainer
+    return trainer, data
 
 
 def prepare_rollouts(s: Settings, config) -> None:
@@ -598,8 +601,7 @@ def train(args: TrainArgs) -> int:
 
     deadline = job_deadline(args.runtime_min, s.training.stop_margin_min)
     stopper, jsonl = callbacks(ckpt_dir / "log.jsonl", deadline)
-    trainer = make_trainer(s, args, out, seed, prompts, (stopper, jsonl))
-    data = prompts[0]
+    trainer, data = make_trainer(s, args, out, seed, (stopper, jsonl), prompts)
     log(f"plan: {plan(data.sets, s.training, state.num_processes).describe()}")
     log(
         f"device {state.device} x {state.num_processes} process(es), rollouts: "
