@@ -34,7 +34,7 @@ TRAIN_RUNTIME_MIN = 2
 # TERM); the trainer's own clock (stop_margin_min before the job's end) then stops it.
 SIGNAL_BEFORE_S = 50
 STOP_MARGIN_MIN = 0.75
-MAX_STEPS = 12  # more than one job's minute of training here (4-9 steps a job, measured)
+MAX_STEPS = 20  # more than one 2-minute job trains here (4-9 steps a job loaded, 12+ idle)
 
 
 def _sacct_times(prefix: str, since: datetime) -> dict[str, str]:
