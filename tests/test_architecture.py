@@ -38,6 +38,7 @@ SHARED = {
     "files",
     "fingerprints",
     "orchestrator",
+    "preflight",
     "problems",
     "provenance",
     "settings",

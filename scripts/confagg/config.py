@@ -151,6 +151,7 @@ GRPO_SET_BY_WORKFLOW = {
     "report_to": "training.wandb.enabled",
     "disable_tqdm": "the job logs",
     "log_completions": "off",
+    "ddp_timeout": "training.process_group_timeout_min",
 }
 
 

@@ -19,9 +19,13 @@ def make_engine(model: str, seed: int, engine_kwargs: Mapping):
     """A vLLM engine; in-process on CPU (fast start, no ``__main__`` guard needed, and no second
     process on the cores), unless ``VLLM_ENABLE_V1_MULTIPROCESSING`` says otherwise. Either way
     it samples alike: the sample and aggregate stages give every request its own seed, and
-    ``seed`` here only seeds what has none (README, "Reproducibility")."""
+    ``seed`` here only seeds what has none (README, "Reproducibility"). The preflight runs
+    first: a job given GPUs on which CUDA does not work stops here, named."""
     import torch
 
+    from confagg import preflight
+
+    preflight.run()
     engine_kwargs = dict(engine_kwargs)
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -190,11 +190,31 @@ def record_attempt(ckpt_dir: Path, attempt: Mapping) -> None:
         f.write(json.dumps(jsonable(attempt)) + "\n")
 
 
+def _squeue_end_time(job_id: str) -> float | None:
+    """The job's end time from ``squeue`` (Slurm before 23.02 sets no SLURM_JOB_END_TIME in a
+    job step's environment), or None."""
+    import subprocess
+    from datetime import datetime
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
+        return datetime.fromisoformat(out).timestamp()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
 def job_deadline(runtime_min: float | None, margin_min: float) -> float | None:
-    """Unix time by which the run should have saved and stopped; None without a limit."""
+    """Unix time by which the run should have saved and stopped; None without a limit. The
+    limit: the Slurm job's end time (SLURM_JOB_END_TIME, else squeue's), else the job's or this
+    process's start plus ``runtime_min``."""
     end = os.environ.get("SLURM_JOB_END_TIME")
+    job = os.environ.get("SLURM_JOB_ID")
+    queued = _squeue_end_time(job) if job and not (end and end.isdigit()) else None
     if end and end.isdigit():
         limit = float(end)
+    elif queued:
+        limit = queued
     elif runtime_min:
         start = os.environ.get("SLURM_JOB_START_TIME")
         limit = (float(start) if start and start.isdigit() else PROCESS_START) + runtime_min * 60
@@ -221,6 +241,26 @@ def _any_process(flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
+# The signal that asked this process to stop (set by :func:`catch_stop_signals`'s handler).
+STOP_SIGNAL: list[str] = []
+
+
+def catch_stop_signals() -> None:
+    """Record SIGTERM and SIGUSR1 from now on (the train stage calls it first): one that
+    arrives while the trainer is still starting (imports, model, vLLM) is not lost, and the
+    run stops after its first step. The rule's shell ignores both, so until this handler is
+    installed they pass this process by."""
+
+    def on_signal(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if not STOP_SIGNAL:
+            log(f"received {name}: saving a checkpoint after the current step")
+        STOP_SIGNAL.append(name)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, on_signal)
+
+
 def callbacks(live_log: Path, deadline: float | None):
     """The two TrainerCallbacks: save-and-stop, and the JSON-lines log."""
     from transformers import TrainerCallback
@@ -229,16 +269,11 @@ def callbacks(live_log: Path, deadline: float | None):
         """Saves and stops before the time limit, or after SIGTERM/SIGUSR1; saves at the end."""
 
         def __init__(self) -> None:
-            self.signal: str | None = None
             self.reason: str | None = None
             self.last = time.time()
             self.longest = 0.0
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
-                signal.signal(sig, self._on_signal)
-
-        def _on_signal(self, signum, _frame) -> None:
-            self.signal = signal.Signals(signum).name
-            log(f"received {self.signal}: saving a checkpoint after the current step")
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN):
+                catch_stop_signals()  # not yet (the train stage does it first)
 
         def on_train_begin(self, args, state, control, **kw):
             self.last = time.time()
@@ -248,8 +283,8 @@ def callbacks(live_log: Path, deadline: float | None):
             self.longest = max(self.longest, now - self.last)
             self.last = now
             reason = None
-            if self.signal:
-                reason = f"signal {self.signal}"
+            if STOP_SIGNAL:
+                reason = f"signal {STOP_SIGNAL[0]}"
             elif deadline is not None and now + self.longest > deadline:
                 reason = "time limit ahead"
             if _any_process(reason is not None) and state.global_step < state.max_steps:

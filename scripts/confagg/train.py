@@ -47,6 +47,7 @@ from confagg.resume import (
     EXIT_STOPPED,
     PROCESS_START,
     callbacks,
+    catch_stop_signals,
     job_deadline,
     log,
     mark_run,
@@ -64,6 +65,7 @@ OWN_KEYS = {
     "lora": "PEFT LoraConfig",
     "vllm": "GRPOConfig vllm_* fields",
     "stop_margin_min": "confagg.resume (deadline)",
+    "process_group_timeout_min": "accelerate PartialState (torch.distributed timeout)",
     "eval_sets": "the validation data",
     "wandb": "W&B environment",
 }
@@ -73,7 +75,7 @@ OWN_VLLM_KEYS = {
     "kv_cache_memory_bytes": "confagg.colocate (CPU build)",
 }
 # Settings that may change between a run and its resumption (they do not change the training).
-RESUMABLE_CHANGES = {"stop_margin_min", "wandb", "save_total_limit"}
+RESUMABLE_CHANGES = {"stop_margin_min", "process_group_timeout_min", "wandb", "save_total_limit"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +114,7 @@ class Training:
     lora: Lora
     vllm: Vllm
     stop_margin_min: float
+    process_group_timeout_min: float
     eval_sets: int
     wandb: Wandb
     grpo: dict
@@ -330,6 +333,7 @@ def grpo_config(s: Settings, out: Path, seed: int, run_name: str):
         eval_strategy="steps" if evaluate else "no",
         per_device_eval_batch_size=g["num_generations"],
         report_to=["wandb"] if s.training.wandb.enabled else "none",
+        ddp_timeout=round(s.training.process_group_timeout_min * 60),
         disable_tqdm=True,
         log_completions=False,
     )
@@ -370,9 +374,12 @@ def fingerprint(s: Settings, args: TrainArgs, seed: int, processes: int) -> dict
 
 def load_data(s: Settings, args: TrainArgs, tokenizer, out: Path):
     """The training prompts and, with ``eval_steps``, the validation prompts (``eval_sets`` of
-    them), from the cache in ``<out>/checkpoints`` or rendered into it by the main process
-    while the others wait."""
-    from accelerate import PartialState
+    them), from the cache in ``<out>/checkpoints`` or rendered into it by the first process.
+
+    Runs before the process group starts (:func:`train`): the others wait for the cache file,
+    not at a collective, so rendering a full-scale training set (minutes) meets no
+    torch.distributed timeout. When the first process fails, the launcher stops the others."""
+    import time
 
     if s.training.grpo["eval_steps"] is not None and not args.val:
         raise SystemExit("training.eval_steps is set but no --val sets were given")
@@ -391,23 +398,32 @@ def load_data(s: Settings, args: TrainArgs, tokenizer, out: Path):
         )
         return train, val
 
-    state = PartialState()
-    if state.is_main_process:
+    if first_process():
         data, eval_data = load(render=True)
         trainset.remove_stale(folder, {p.path for p in (data, eval_data) if p is not None})
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        data, eval_data = load(render=False)
-    return data, eval_data
+        return data, eval_data
+    while True:
+        try:
+            return load(render=False)
+        except FileNotFoundError:
+            time.sleep(2)
 
 
-def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callbacks):
-    """The GRPOTrainer over the training (and validation) prompts, and the training prompts."""
+def first_process() -> bool:
+    """Whether this is the first training process (torchrun's RANK; before any process group)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def make_trainer(s: Settings, args: TrainArgs, out: Path, seed: int, stop_callbacks, prompts=None):
+    """The GRPOTrainer over the training (and validation) ``prompts`` (:func:`load_data`; loaded
+    here when not given), and the training prompts."""
     from peft import LoraConfig
     from transformers import AutoTokenizer, PrinterCallback
     from trl import GRPOTrainer
 
-    data, eval_data = load_data(s, args, AutoTokenizer.from_pretrained(args.model), out)
+    if prompts is None:
+        prompts = load_data(s, args, AutoTokenizer.from_pretrained(args.model), out)
+    data, eval_data = prompts
     log(f"training: {data.describe(args.train)}")
 
     setup_wandb(s.training.wandb, out, args.run_name)
@@ -451,17 +467,35 @@ def prepare_rollouts(s: Settings, config) -> None:
 
 
 def _rendezvous_port() -> None:
-    """A port of the OS's choosing for the torch.distributed group that a colocated vLLM engine
-    of a single-process run creates. TRL tries 29500, 23456, ... first: two runs starting at
-    once on one machine (the two variants of a demo, other jobs on a node) both find 23456
-    free and one fails with EADDRINUSE. Launchers of several processes set MASTER_PORT."""
-    import socket
-
+    """A port for the torch.distributed group that a colocated vLLM engine of a single-process
+    run creates. TRL tries 29500, 23456, ... first: two runs starting at once on one machine
+    (the two variants, other jobs on a node) both find 23456 free and one fails with
+    EADDRINUSE. Launchers of several processes set MASTER_PORT (the rule's port)."""
     if os.environ.get("MASTER_PORT"):
         return
+    os.environ["MASTER_PORT"] = str(rendezvous_port(os.environ) or _free_port())
+
+
+# Ports derived from Slurm job ids: below Linux's ephemeral range (32768-60999), above the
+# common services; two jobs on one node collide only when their ids differ by a multiple of
+# PORT_SPAN.
+PORT_BASE, PORT_SPAN = 15000, 15000
+
+
+def rendezvous_port(env) -> int:
+    """The rendezvous port of a training job: from ``SLURM_JOB_ID`` (jobs sharing a node get
+    different ports), else 0, which tells ``accelerate launch --main_process_port`` to pick a
+    free one itself."""
+    job = env.get("SLURM_JOB_ID", "")
+    return PORT_BASE + int(job) % PORT_SPAN if job.isdigit() else 0
+
+
+def _free_port() -> int:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
-        os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+        return sock.getsockname()[1]
 
 
 def cpu_rollouts(config) -> bool:
@@ -533,16 +567,33 @@ def _at_last_step(checkpoint: Path) -> bool:
 
 def train(args: TrainArgs) -> int:
     """Train (or resume) and write the outputs; returns the process exit code."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
+    from transformers import AutoTokenizer
 
-    # The first PartialState decides for the whole process. Without cpu=True, the processes
-    # of a CPU run under torchrun would each see a world of one (the trainer's own state comes
-    # later), and all of them would tidy the checkpoints as "the" main process.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    from confagg import preflight
+
+    catch_stop_signals()  # a SIGTERM/SIGUSR1 during the start-up stops the run at its first step
     s = settings.load(Settings, args.settings)
+    # First, before anything could fall back to the CPU: GPUs given must work (and be enough)
+    try:
+        preflight.run(requested=s.training.gpus)
+    except preflight.PreflightError as exc:
+        raise SystemExit(f"[preflight] {type(exc).__name__}: {exc}") from None
     out = Path(args.out)
     ckpt_dir = out / "checkpoints"
+    # the prompts are rendered before the process group exists (no collective waits on them)
+    prompts = load_data(s, args, AutoTokenizer.from_pretrained(args.model), out)
+    # The first PartialState decides for the whole process (the trainer's comes later and
+    # keeps it, timeout included). Without cpu=True, the processes of a CPU run under torchrun
+    # would each see a world of one, and all of them would tidy the checkpoints as "the" main
+    # process.
+    state = PartialState(
+        cpu=not torch.cuda.is_available(),
+        timeout=timedelta(minutes=s.training.process_group_timeout_min),
+    )
     seed = derive_seed(args.seed, "train")
     run_id = fingerprint(s, args, seed, state.num_processes)
     resume = resume_point(ckpt_dir, run_id)
@@ -550,7 +601,7 @@ def train(args: TrainArgs) -> int:
 
     deadline = job_deadline(args.runtime_min, s.training.stop_margin_min)
     stopper, jsonl = callbacks(ckpt_dir / "log.jsonl", deadline)
-    trainer, data = make_trainer(s, args, out, seed, (stopper, jsonl))
+    trainer, data = make_trainer(s, args, out, seed, (stopper, jsonl), prompts)
     log(f"plan: {plan(data.sets, s.training, state.num_processes).describe()}")
     log(
         f"device {state.device} x {state.num_processes} process(es), rollouts: "
@@ -591,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--plan" in argv:
         return plan_main(argv)
+    if argv == ["--rendezvous-port"]:  # the rule's accelerate launch --main_process_port
+        print(rendezvous_port(os.environ))
+        return 0
     parser = HfArgumentParser(TrainArgs, description=__doc__.split("\n\n")[0])
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     return train(args)

@@ -57,6 +57,8 @@ except cfg.ConfigError as e:
 if not (workflow.remote_exec or workflow.subprocess_exec):
     orchestrator.read_cancelled_slurm_jobs_as_failed()
 
+# The GPU jobs' conda environments: envs/<name>.yaml (CUDA 13) or envs/<name>-cu12.yaml
+CUDA_ENV = "-cu12" if config.get("cuda") == 12 else ""
 OUT = f"results/{config['run_name']}"
 LOGS = f"logs/{config['run_name']}"
 BENCHMARKS = list(config["benchmarks"])

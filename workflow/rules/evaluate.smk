@@ -22,7 +22,7 @@ rule aggregate_sets:
     benchmark:
         f"{LOGS}/aggregate_sets/{{benchmark}}/seed{{seed}}/shard{{shard}}.benchmark.tsv"
     conda:
-        "../../envs/vllm.yaml"
+        f"../../envs/vllm{CUDA_ENV}.yaml"
     threads: 8
     resources:
         gpu=1,

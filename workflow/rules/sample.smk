@@ -16,7 +16,7 @@ rule sample_shard:
     benchmark:
         f"{LOGS}/sample_shard/{{dataset}}/seed{{seed}}/shard{{shard}}.benchmark.tsv"
     conda:
-        "../../envs/vllm.yaml"
+        f"../../envs/vllm{CUDA_ENV}.yaml"
     threads: 8
     resources:
         gpu=1,

@@ -2,8 +2,10 @@
 # One run per training variant (training.variants: with or without confidences in the prompt)
 # and training seed (training.seeds), in {OUT}/train/<variant>/seed<s>/.
 # Resumable: checkpoints live in {OUT}/train/<variant>/seed<s>/checkpoints/, which is no output
-# (Snakemake keeps it when the job fails); the job saves and stops before its `runtime`, a
-# rerun resumes.
+# (Snakemake keeps it when the job fails); the job saves and stops before its `runtime` (or on
+# SIGTERM/SIGUSR1, after the step in progress) with exit code 75, and a rerun resumes.
+# On one node always (`nodes`: sbatch --nodes=1); the rendezvous port comes from the Slurm job
+# id, so that two training jobs sharing a node never collide.
 
 
 wildcard_constraints:
@@ -27,10 +29,11 @@ rule train_aggregator:
     benchmark:
         f"{LOGS}/train_aggregator/{{variant}}/seed{{train_seed}}.benchmark.tsv"
     conda:
-        "../../envs/train.yaml"
+        f"../../envs/train{CUDA_ENV}.yaml"
     threads: 8
     resources:
         gpu=config["training"]["gpus"],
+        nodes=1,
         mem_mb=64000,
         runtime="24h",
     params:
@@ -41,11 +44,14 @@ rule train_aggregator:
         seed=lambda wc: config["seed"] + int(wc.train_seed),
         run_name=lambda wc: f"{config['run_name']}-{wc.variant}-seed{wc.train_seed}",
     shell:
-        # USR1 is ignored by the shell and the launcher (the trainer handles it: save, stop).
-        "trap '' USR1; HF_HUB_OFFLINE=1 accelerate launch {params.launch} -m confagg.train"
-        " --train {input.train} --val {input.val} --model {input.model:q} --out {params.out}"
-        " --settings {params.settings:q} --seed {params.seed} --run-name {params.run_name:q}"
-        " --runtime-min {resources.runtime} > {log} 2>&1"
+        # TERM and USR1 are ignored by this shell, the launcher and torchrun (it would kill the
+        # trainers 30 s after a TERM); the trainers handle them: finish the step, save, exit 75
+        "trap '' TERM USR1; export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT;"
+        " port=$(python -m confagg.train --rendezvous-port) &&"
+        " HF_HUB_OFFLINE=1 accelerate launch {params.launch} --main_process_port $port"
+        " -m confagg.train --train {input.train} --val {input.val} --model {input.model:q}"
+        " --out {params.out} --settings {params.settings:q} --seed {params.seed}"
+        " --run-name {params.run_name:q} --runtime-min {resources.runtime} > {log} 2>&1"
 
 
 rule merge_adapter:
@@ -61,7 +67,7 @@ rule merge_adapter:
     benchmark:
         f"{LOGS}/merge_adapter/{{variant}}/seed{{train_seed}}.benchmark.tsv"
     conda:
-        "../../envs/train.yaml"
+        f"../../envs/train{CUDA_ENV}.yaml"
     threads: 4
     resources:
         mem_mb=32000,
