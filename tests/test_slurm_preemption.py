@@ -118,7 +118,8 @@ def test_a_sampling_job_past_its_time_limit_is_retried_until_the_shard_is_whole(
 ):
     prefix = f"confaggtest{secrets.token_hex(3)}"
     since = datetime.now()
-    problems, n = 60, 4
+    # 30 problems: two to four one-minute jobs on 2 cores (the engine's start takes ~30 s of each)
+    problems, n = 30, 4
     pool = {"source": {"demo": {"n": problems, "seed": 5}}, "samples_per_problem": n, "shards": 1}
     # long random texts one problem at a time: more than a one-minute job can sample
     sampling = {"max_tokens": 256, "temperature": 1.0, "top_k": -1, "top_p": 1.0,

@@ -197,7 +197,8 @@ def _run_rows(llm, run, sets, problems, settings, loras, rows) -> None:
     # engine batches requests, which differs from run to run when its core is another process
     seeded = [
         SamplingParams(
-            **settings.sampling, seed=derive_seed(settings.seed, variant.name, train_seed, pid, m, j)
+            **settings.sampling,
+            seed=derive_seed(settings.seed, variant.name, train_seed, pid, m, j),
         )
         for pid, m, j, _ in sets
     ]
