@@ -33,7 +33,7 @@ elif (workflow.remote_exec or workflow.subprocess_exec) and os.environ.get(
 # Jobs run `python -m confagg.<stage>` in the jobs' environment (torch, vLLM, TRL), which is not
 # Snakemake's own (setup.sh makes both): its bin folder goes first on PATH. It is
 # $CONFAGG_JOBS_ENV when set, else the checkout's .venv, else the environment running Snakemake.
-# A conda env of a rule still comes first. (Before validation: it reads the jobs' TRL.)
+# A rule's conda env still comes first. It is set before validation, which reads the jobs' TRL.
 try:
     JOBS_BIN = orchestrator.jobs_bin(workflow.basedir)
 except orchestrator.OrchestratorError as e:
