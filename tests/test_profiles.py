@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from test_dryrun import _job_counts
 
-from conftest import REPO, snakemake
+from conftest import REPO, SNAKEMAKE_BIN, snakemake
 
 LINK = REPO / "tools/link_slurm_profile.sh"
 
@@ -24,7 +23,7 @@ def _user(home: Path) -> dict[str, str]:
 def _link(home: Path) -> subprocess.CompletedProcess:
     """The set-up's link step, run as that user."""
     return subprocess.run(
-        ["bash", str(LINK), sys.executable],
+        ["bash", str(LINK), str(SNAKEMAKE_BIN / "python")],  # Snakemake's own python
         env={**os.environ, **_user(home)},
         capture_output=True,
         text=True,

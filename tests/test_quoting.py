@@ -43,7 +43,7 @@ def test_hostile_strings_reach_the_stages_exactly(tmp_path, tiny_model):
     }
     cfg = tiny_config(model, prompt=prompt)
     cfg["benchmarks"] = {"mini": {"source": {"path": str(source)}}}
-    cfg["evaluation"].update(samples_per_problem=2, ks=[1, 2])
+    cfg["evaluation"].update(samples_per_problem=2, ks=[1, 2], set_sizes=[2])
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
 
     target = "results/tiny/samples/mini/seed0/shard0.parquet"
