@@ -61,8 +61,8 @@ def _seed_dir(tmp_path, seed: int):
     d = tmp_path / f"seed{seed}"
     write_json(result, d / "metrics.json")
     write_table(pa_table(table[EVAL_CANDIDATES.names]), d / "candidates.parquet", EVAL_CANDIDATES)
-    outputs = agg.assign(output_idx=0, train_seed=None, text="", answer="1", status="ok", prompt_tokens=50,
-                         prompt_truncated=False)  # fmt: skip
+    outputs = agg.assign(output_idx=0, train_seed=None, text="", answer="1", status="ok",
+                         prompt_tokens=50, prompt_truncated=False)  # fmt: skip
     write_table(pa_table(outputs[AGG_OUTPUTS.names]), d / "aggregators.parquet", AGG_OUTPUTS)
     return d
 
