@@ -42,8 +42,10 @@ def test_scancelled_job_fails_and_snakemake_stops(local_slurm, workdir, tiny_mod
     since = datetime.now()
     args = _setup(workdir, tiny_model, prefix)
     target = "results/tiny/samples/train_pool/seed3/shard0.parquet"
-    # no retry: the cancelled job must end the run, not be resubmitted
-    with SnakemakeRun(workdir, prefix, *args, "--retries", "0", target) as run:
+    # no retry: the cancelled job must end the run, not be resubmitted (the profile retries
+    # sampling shards as preemptible: --preemptible-retries, not --retries, counts for them)
+    no_retry = ("--retries", "0", "--preemptible-retries", "0")
+    with SnakemakeRun(workdir, prefix, *args, *no_retry, target) as run:
         job = _running(prefix, time.time() + 600, run)
         subprocess.run(["scancel", job], check=True)
         cancelled = time.time()
