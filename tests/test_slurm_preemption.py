@@ -79,7 +79,7 @@ def test_training_saves_before_its_time_limit_and_the_retry_finishes(
         },
         training=training,
     )
-    target = "results/tiny/train/plain/adapter"
+    target = "results/tiny/train/plain/seed0/adapter"
     with SnakemakeRun(workdir, prefix, *args, target) as run:
         output = run.wait(timeout=1800)
 
@@ -91,7 +91,7 @@ def test_training_saves_before_its_time_limit_and_the_retry_finishes(
     limits = _sacct_times(prefix, since)
     assert {limits[j] for j in train_jobs} == {f"00:0{TRAIN_RUNTIME_MIN}:00"}, limits
 
-    out = workdir / "results/tiny/train/plain"
+    out = workdir / "results/tiny/train/plain/seed0"
     attempts = [
         json.loads(x) for x in (out / "checkpoints/attempts.jsonl").read_text().splitlines()
     ]
@@ -106,7 +106,7 @@ def test_training_saves_before_its_time_limit_and_the_retry_finishes(
         assert after["from_step"] == before["to_step"], attempts
     assert attempts[0]["from_step"] == 0
     assert attempts[-1]["stopped"] is None and attempts[-1]["to_step"] == MAX_STEPS
-    log = (workdir / "logs/tiny/train_aggregator/plain.log").read_text()
+    log = (workdir / "logs/tiny/train_aggregator/plain/seed0.log").read_text()
     assert f"resuming from {out / 'checkpoints'}" in log or "resuming from" in log, log[-3000:]
     steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, MAX_STEPS + 1))
