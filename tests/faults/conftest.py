@@ -58,6 +58,7 @@ def tiny_config(model: Path) -> dict:
     cfg["benchmarks"] = {"mini": {"source": {"demo": {"n": BENCH_N, "seed": 2}}}}
     cfg["evaluation"].update(
         samples_per_problem=SAMPLES,
+        aggregate_shards=1,  # one aggregation job: the kill test stops it between its engines
         trained_model="merged",
         aggregators=[
             {"name": "prompted", "trained": None, "confidence": True},
