@@ -516,6 +516,11 @@ def training_memory(config: Mapping, root: str | Path = "."):
     return terms, memory.peak_bytes(terms, sleep), shape
 
 
+def _shards_to_fit(shards: int, hours_per_job: float, allowed_h: float) -> int:
+    """How many shards make a job of ``hours_per_job`` (at ``shards``) fit ``allowed_h``."""
+    return math.ceil(shards * hours_per_job / allowed_h)
+
+
 def check_budget(
     config: Mapping, runtimes_h: Mapping[str, float], attempts: int = 1, root: str | Path = "."
 ) -> None:
@@ -543,7 +548,7 @@ def check_budget(
             pool = row.rule == f"sample_shard ({budget.POOL})"
             shards_key = "training_pool.shards" if pool else "evaluation.shards"
             shards = config["training_pool" if pool else "evaluation"]["shards"]
-            need = math.ceil(shards * row.hours_per_job / allowed)
+            need = _shards_to_fit(shards, row.hours_per_job, allowed)
             way = (
                 f"set {shards_key} to {need} or more (now {shards}), a longer runtime "
                 f"(set-resources: sample_shard: runtime), a smaller sampling.max_tokens "
@@ -559,7 +564,7 @@ def check_budget(
             )
         else:
             shards = config["evaluation"]["aggregate_shards"]
-            need = math.ceil(shards * row.hours_per_job / allowed)
+            need = _shards_to_fit(shards, row.hours_per_job, allowed)
             way = (
                 f"set evaluation.aggregate_shards to {need} or more (now {shards}), a longer "
                 f"runtime (set-resources: {row.rule.split(' ')[0]}: runtime), or fewer "
