@@ -135,11 +135,12 @@ class SnakemakeRun:
     run, so on timeout or test failure its process group is killed and its Slurm jobs are
     cancelled by job-name prefix."""
 
-    def __init__(self, workdir: Path, prefix: str, *args: str):
+    def __init__(self, workdir: Path, prefix: str, *args: str, env: dict | None = None):
         self.workdir, self.prefix = workdir, prefix
         self.out = workdir / "snakemake.out"
-        # the local cluster's GPUs are fake: its GPU jobs run on the CPU (confagg.preflight)
-        env = {**workflow_env(), "CONFAGG_ALLOW_CPU": "1"}
+        # the local cluster's GPUs are fake: its GPU jobs run on the CPU (confagg.preflight);
+        # `env` reaches the jobs too (the plugin submits with --export=ALL)
+        env = {**workflow_env(), "CONFAGG_ALLOW_CPU": "1", **(env or {})}
         with open(self.out, "w") as out:
             self.proc = subprocess.Popen(
                 [SNAKEMAKE, "--snakefile", str(REPO / "workflow/Snakefile"), *args],

@@ -9,6 +9,10 @@ same profile derived from profiles/slurm): jobs whose `runtime` is a minute or t
   `max_steps`, each step logged once.
 - Sampling: a shard whose job runs out of time is killed by Slurm (state TIMEOUT), resubmitted,
   and resumes from its finished parts until it completes: every sample once.
+
+Neither depends on the machine's speed: each training step is made STEP_DELAY_S longer
+(tests/faults/inject/sitecustomize.py), so no 2-minute job can train MAX_STEPS; the first sampling
+job waits after its PAUSE_AFTER_PARTS-th part until Slurm kills it (confagg.parts.pause).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from test_slurm import SnakemakeRun, _setup, local_slurm, rule_of, sacct_jobs
 
 from confagg.problems import demo_problems
 from confagg.tables import SAMPLES, read_table
+from conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 __all__ = ["local_slurm"]  # the fixture that starts the local cluster (tests/test_slurm.py)
@@ -34,7 +39,17 @@ TRAIN_RUNTIME_MIN = 2
 # TERM); the trainer's own clock (stop_margin_min before the job's end) then stops it.
 SIGNAL_BEFORE_S = 50
 STOP_MARGIN_MIN = 0.75
-MAX_STEPS = 20  # more than one 2-minute job trains here (4-9 steps a job loaded, 12+ idle)
+# Each step at least STEP_DELAY_S: by the trainer's clock (stop when the next step would end
+# past 75 s) or Slurm's signal (at 70 s or before) a job trains at most 4 steps, however fast the
+# machine, and at least one step once started (2-3 jobs here).
+MAX_STEPS = 5
+STEP_DELAY_S = 15
+SLOW_STEPS = {
+    "PYTHONPATH": str(REPO / "tests/faults/inject"),
+    "CONFAGG_FAULT_DELAY": "call:transformers.trainer_callback:CallbackHandler.on_step_end",
+    "CONFAGG_FAULT_DELAY_S": str(STEP_DELAY_S),
+}
+PAUSE_AFTER_PARTS = 4
 
 
 def _sacct_times(prefix: str, since: datetime) -> dict[str, str]:
@@ -80,7 +95,7 @@ def test_training_saves_before_its_time_limit_and_the_retry_finishes(
         training=training,
     )
     target = "results/tiny/train/plain/seed0/adapter"
-    with SnakemakeRun(workdir, prefix, *args, target) as run:
+    with SnakemakeRun(workdir, prefix, *args, target, env=SLOW_STEPS) as run:
         output = run.wait(timeout=1800)
 
     jobs = sacct_jobs(prefix, since)
@@ -118,11 +133,11 @@ def test_a_sampling_job_past_its_time_limit_is_retried_until_the_shard_is_whole(
 ):
     prefix = f"confaggtest{secrets.token_hex(3)}"
     since = datetime.now()
-    # 30 problems: two to four one-minute jobs on 2 cores (the engine's start takes ~30 s of each)
-    problems, n = 30, 4
+    # one problem a part; every job waits after its 4th part until Slurm's limit kills it: the
+    # first job samples 4 (or fewer, if the limit comes first), a later one the rest and finishes
+    problems, n = PAUSE_AFTER_PARTS + 2, 4
     pool = {"source": {"demo": {"n": problems, "seed": 5}}, "samples_per_problem": n, "shards": 1}
-    # long random texts one problem at a time: more than a one-minute job can sample
-    sampling = {"max_tokens": 256, "temperature": 1.0, "top_k": -1, "top_p": 1.0,
+    sampling = {"max_tokens": 32, "temperature": 1.0, "top_k": -1, "top_p": 1.0,
                 "problems_in_flight": 1}  # fmt: skip
     args = _setup(
         workdir,
@@ -133,7 +148,8 @@ def test_a_sampling_job_past_its_time_limit_is_retried_until_the_shard_is_whole(
         sampling=sampling,
     )
     target = workdir / "results/tiny/samples/train_pool/seed3/shard0.parquet"
-    with SnakemakeRun(workdir, prefix, *args, str(target.relative_to(workdir))) as run:
+    pause = {"CONFAGG_PAUSE_AT": f"sample.part-{PAUSE_AFTER_PARTS}"}
+    with SnakemakeRun(workdir, prefix, *args, str(target.relative_to(workdir)), env=pause) as run:
         run.wait(timeout=1500)
 
     jobs = sacct_jobs(prefix, since)

@@ -24,6 +24,10 @@ which the suite picks its kill points). ``CONFAGG_FAULT_KILL=<event>`` with
 With ``CONFAGG_FAULT_ERRNO=<name>`` (e.g. ``ENOSPC``) the event fails instead: it raises that
 ``OSError`` where the call would have run (a full disk or an I/O error at that write), and the
 job carries on as it would.
+
+``CONFAGG_FAULT_DELAY=call:<module>:<function or Class.method>`` with ``CONFAGG_FAULT_DELAY_S=<s>``:
+sleep that long before each call of it, and count no events (a job made slow by a fixed amount,
+for the Slurm time-limit tests, whatever the speed of the machine).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import os
 
 _TRACE = os.environ.get("CONFAGG_FAULT_TRACE")
 _KILL = os.environ.get("CONFAGG_FAULT_KILL")
+_DELAY = os.environ.get("CONFAGG_FAULT_DELAY")
 
 
 def _install() -> None:
@@ -46,6 +51,7 @@ def _install() -> None:
     import signal
     import sys
     import tempfile
+    import time
 
     root = os.path.abspath(os.environ.get("CONFAGG_FAULT_ROOT") or os.getcwd())
     mark = os.environ.get("CONFAGG_FAULT_MARK")
@@ -105,13 +111,15 @@ def _install() -> None:
     def temp_dir(*args, **kwargs):
         return kwargs.get("dir") or (args[2] if len(args) > 2 else tempfile.gettempdir())
 
-    builtins.open = io.open = wrap(real_open, "open", opened_to_write)
-    tempfile.mkstemp = wrap(tempfile.mkstemp, "mkstemp", temp_dir)
-    os.mkdir = wrap(os.mkdir, "mkdir", lambda path, *a, **k: path)
-    os.link = wrap(os.link, "link", lambda src, dst, *a, **k: dst)
-    os.replace = wrap(os.replace, "replace", lambda src, dst, *a, **k: dst)
-    os.rename = wrap(os.rename, "replace", lambda src, dst, *a, **k: dst)
-    shutil.rmtree = wrap(shutil.rmtree, "rmtree", lambda path, *a, **k: path)
+    after_import = {}  # module name -> patch, applied as the module loads
+    if _TRACE or _KILL:
+        builtins.open = io.open = wrap(real_open, "open", opened_to_write)
+        tempfile.mkstemp = wrap(tempfile.mkstemp, "mkstemp", temp_dir)
+        os.mkdir = wrap(os.mkdir, "mkdir", lambda path, *a, **k: path)
+        os.link = wrap(os.link, "link", lambda src, dst, *a, **k: dst)
+        os.replace = wrap(os.replace, "replace", lambda src, dst, *a, **k: dst)
+        os.rename = wrap(os.rename, "replace", lambda src, dst, *a, **k: dst)
+        shutil.rmtree = wrap(shutil.rmtree, "rmtree", lambda path, *a, **k: path)
 
     def patch_parquet(module) -> None:
         cls = module.ParquetWriter
@@ -119,7 +127,8 @@ def _install() -> None:
         cls.close = wrap(cls.close, "footer", lambda self, *a, **k: self.where)
 
     # call:<module>:<function> events, and pyarrow's writer, patched as their modules load
-    after_import = {"pyarrow.parquet.core": patch_parquet}
+    if _TRACE or _KILL:
+        after_import["pyarrow.parquet.core"] = patch_parquet
     if kill_event.startswith("call:"):
         _, module_name, func = kill_event.split(":")
 
@@ -127,6 +136,27 @@ def _install() -> None:
             setattr(module, func, wrap(getattr(module, func), kind, lambda *a, **k: None))
 
         after_import[module_name] = patch_call
+
+    if _DELAY:
+        _, delay_module, qualname = _DELAY.split(":")
+        delay_s = float(os.environ.get("CONFAGG_FAULT_DELAY_S") or 1)
+
+        def patch_delay(module, qualname=qualname) -> None:
+            *owners, name = qualname.split(".")
+            owner = functools.reduce(getattr, owners, module)
+            fn = getattr(owner, name)
+
+            @functools.wraps(fn)
+            def slow(*args, **kwargs):
+                time.sleep(delay_s)
+                return fn(*args, **kwargs)
+
+            setattr(owner, name, slow)
+
+        earlier = after_import.get(delay_module)
+        after_import[delay_module] = (
+            patch_delay if earlier is None else lambda m: (earlier(m), patch_delay(m))
+        )
 
     class AfterImport(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -155,5 +185,5 @@ def _install() -> None:
     sys.meta_path.insert(0, AfterImport())
 
 
-if _TRACE or _KILL:
+if _TRACE or _KILL or _DELAY:
     _install()
