@@ -120,7 +120,8 @@ def derive_profile(
         {
             "latency-wait": 5,
             "max-threads": 2,  # the node's CPUs; non-GPU rules ask for --cpus-per-task=threads
-            "slurm-init-seconds-before-status-checks": 10,
+            # the first status check, and the step: the plugin adds 10 s a check while no job ends
+            "slurm-init-seconds-before-status-checks": 5,
             "slurm-jobname-prefix": prefix,  # lets the test find (and cancel) its own jobs
             "slurm-keep-successful-logs": True,
         }

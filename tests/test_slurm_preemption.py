@@ -112,11 +112,18 @@ def test_training_saves_before_its_time_limit_and_the_retry_finishes(
     ]
     print("attempts:", json.dumps(attempts, indent=1))
     # every job but the last stopped before its limit with a checkpoint (Slurm's signal or the
-    # trainer's clock), the next resumed exactly there, and the last finished
+    # trainer's clock), the next resumed exactly there, and the last finished. One race is
+    # allowed: a job that trained to max_steps and got Slurm's signal while writing its outputs
+    # fails all the same (the job step's snakemake ends its run as failed after a TERM, and
+    # deletes the outputs), and the next job writes them from the final checkpoint, training
+    # nothing (CI saw it once: steps 0->3 stopped, 3->5 finished then signalled, 5->5).
     assert [a["slurm_job_id"] for a in attempts] == train_jobs
+    stops = ("signal SIGTERM", "time limit ahead")
+    assert attempts[0]["stopped"] in stops, attempts  # no job can train all MAX_STEPS
     for a in attempts[:-1]:
-        assert a["stopped"] in ("signal SIGTERM", "time limit ahead"), attempts
-        assert a["to_step"] > a["from_step"], attempts
+        stopped_early = a["stopped"] in stops and a["to_step"] > a["from_step"]
+        signalled_at_the_end = a["stopped"] is None and a["to_step"] == MAX_STEPS
+        assert stopped_early or signalled_at_the_end, attempts
     for before, after in itertools.pairwise(attempts):
         assert after["from_step"] == before["to_step"], attempts
     assert attempts[0]["from_step"] == 0
