@@ -28,7 +28,7 @@ from test_slurm import SnakemakeRun, _setup, local_slurm, rule_of, sacct_jobs
 
 from confagg.problems import demo_problems
 from confagg.tables import SAMPLES, read_table
-from conftest import REPO
+from conftest import REPO, snakemake
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 __all__ = ["local_slurm"]  # the fixture that starts the local cluster (tests/test_slurm.py)
@@ -94,6 +94,9 @@ def test_training_saves_before_its_time_limit_and_the_retry_finishes(
         },
         training=training,
     )
+    # what training reads, made first without Slurm: only the training jobs go through it
+    curated = ("results/tiny/curated/train.parquet", "results/tiny/curated/val.parquet")
+    snakemake(*args[2:], "--cores", "2", *curated, cwd=workdir)
     target = "results/tiny/train/plain/seed0/adapter"
     with SnakemakeRun(workdir, prefix, *args, target, env=SLOW_STEPS) as run:
         output = run.wait(timeout=1800)
