@@ -132,7 +132,7 @@ def test_training_saves_before_its_time_limit_and_the_retry_finishes(
     assert attempts[0]["from_step"] == 0
     assert attempts[-1]["stopped"] is None and attempts[-1]["to_step"] == MAX_STEPS
     log = (workdir / "logs/tiny/train_aggregator/plain/seed0.log").read_text()
-    assert f"resuming from {out / 'checkpoints'}" in log or "resuming from" in log, log[-3000:]
+    assert "resuming from" in log, log[-3000:]
     steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, MAX_STEPS + 1))
     assert json.loads((out / "manifest.json").read_text())["steps"] == MAX_STEPS

@@ -111,8 +111,16 @@ def _install() -> None:
     def temp_dir(*args, **kwargs):
         return kwargs.get("dir") or (args[2] if len(args) > 2 else tempfile.gettempdir())
 
-    after_import = {}  # module name -> patch, applied as the module loads
+    def patch_parquet(module) -> None:
+        cls = module.ParquetWriter
+        cls.write_table = wrap(cls.write_table, "parquet", lambda self, *a, **k: self.where)
+        cls.close = wrap(cls.close, "footer", lambda self, *a, **k: self.where)
+
+    # module name -> its patches, applied as the module loads (call:<module>:<function> events,
+    # pyarrow's writer, the delay)
+    after_import: dict[str, list] = {}
     if _TRACE or _KILL:
+        after_import["pyarrow.parquet.core"] = [patch_parquet]
         builtins.open = io.open = wrap(real_open, "open", opened_to_write)
         tempfile.mkstemp = wrap(tempfile.mkstemp, "mkstemp", temp_dir)
         os.mkdir = wrap(os.mkdir, "mkdir", lambda path, *a, **k: path)
@@ -121,21 +129,13 @@ def _install() -> None:
         os.rename = wrap(os.rename, "replace", lambda src, dst, *a, **k: dst)
         shutil.rmtree = wrap(shutil.rmtree, "rmtree", lambda path, *a, **k: path)
 
-    def patch_parquet(module) -> None:
-        cls = module.ParquetWriter
-        cls.write_table = wrap(cls.write_table, "parquet", lambda self, *a, **k: self.where)
-        cls.close = wrap(cls.close, "footer", lambda self, *a, **k: self.where)
-
-    # call:<module>:<function> events, and pyarrow's writer, patched as their modules load
-    if _TRACE or _KILL:
-        after_import["pyarrow.parquet.core"] = patch_parquet
     if kill_event.startswith("call:"):
         _, module_name, func = kill_event.split(":")
 
         def patch_call(module, func=func, kind=kill_event) -> None:
             setattr(module, func, wrap(getattr(module, func), kind, lambda *a, **k: None))
 
-        after_import[module_name] = patch_call
+        after_import.setdefault(module_name, []).append(patch_call)
 
     if _DELAY:
         _, delay_module, qualname = _DELAY.split(":")
@@ -153,10 +153,7 @@ def _install() -> None:
 
             setattr(owner, name, slow)
 
-        earlier = after_import.get(delay_module)
-        after_import[delay_module] = (
-            patch_delay if earlier is None else lambda m: (earlier(m), patch_delay(m))
-        )
+        after_import.setdefault(delay_module, []).append(patch_delay)
 
     class AfterImport(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -169,7 +166,7 @@ def _install() -> None:
                 sys.meta_path.insert(0, self)
             if spec is None or spec.loader is None:
                 return spec
-            loader, patch = spec.loader, after_import[name]
+            loader, patches = spec.loader, after_import[name]
 
             class Loader(importlib.abc.Loader):
                 def create_module(self, spec):
@@ -177,7 +174,8 @@ def _install() -> None:
 
                 def exec_module(self, module):
                     loader.exec_module(module)
-                    patch(module)
+                    for patch in patches:
+                        patch(module)
 
             spec.loader = Loader()
             return spec
